@@ -147,7 +147,8 @@ def _backbone(arch: str, drop_path_rate: float) -> BackboneConfig:
     )
 
 
-_LITE_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+# Lite variants: sum weighting in the BiFPN, and inputs normalised to [-1, 1].
+_LITE = {"fpn_weighting": "sum", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 # name: (backbone, drop path, image, fpn channels, fpn cells, head repeats, anchor scale, extra)
 _TABLE: dict[str, tuple] = {
@@ -162,12 +163,12 @@ _TABLE: dict[str, tuple] = {
     "tf_efficientdet_d7x": (
         "tf_efficientnet_b7", 0.2, 1536, 384, 8, 5, 4.0, {"fpn_weighting": "sum", "max_level": 8},
     ),
-    "tf_efficientdet_lite0": ("tf_efficientnet_lite0", 0.0, 320, 64, 3, 3, 3.0, _LITE_NORM),
-    "tf_efficientdet_lite1": ("tf_efficientnet_lite1", 0.2, 384, 88, 4, 3, 3.0, _LITE_NORM),
-    "tf_efficientdet_lite2": ("tf_efficientnet_lite2", 0.2, 448, 112, 5, 3, 3.0, _LITE_NORM),
-    "tf_efficientdet_lite3": ("tf_efficientnet_lite3", 0.2, 512, 160, 6, 4, 4.0, _LITE_NORM),
-    "tf_efficientdet_lite3x": ("tf_efficientnet_lite3", 0.2, 640, 200, 6, 4, 3.0, _LITE_NORM),
-    "tf_efficientdet_lite4": ("tf_efficientnet_lite4", 0.2, 640, 224, 7, 4, 4.0, _LITE_NORM),
+    "tf_efficientdet_lite0": ("tf_efficientnet_lite0", 0.0, 320, 64, 3, 3, 3.0, _LITE),
+    "tf_efficientdet_lite1": ("tf_efficientnet_lite1", 0.2, 384, 88, 4, 3, 3.0, _LITE),
+    "tf_efficientdet_lite2": ("tf_efficientnet_lite2", 0.2, 448, 112, 5, 3, 3.0, _LITE),
+    "tf_efficientdet_lite3": ("tf_efficientnet_lite3", 0.2, 512, 160, 6, 4, 4.0, _LITE),
+    "tf_efficientdet_lite3x": ("tf_efficientnet_lite3", 0.2, 640, 200, 6, 4, 3.0, _LITE),
+    "tf_efficientdet_lite4": ("tf_efficientnet_lite4", 0.2, 640, 224, 7, 4, 4.0, _LITE),
     # The one non-TF variant: timm's efficientnet_b0 (symmetric padding, BN eps 1e-5 in the backbone).
     "efficientdet_d0": (
         "efficientnet_b0", 0.1, 512, 64, 3, 3, 4.0, {"tf_padding": False, "redundant_bias": False},

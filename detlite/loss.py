@@ -1,0 +1,88 @@
+"""Detection loss: sigmoid focal loss over classes plus Huber loss over box codes.
+
+Plain PyTorch reference path. It materialises [B, A, C] temporaries; the fused operator that
+avoids them must return the same numbers as this file.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detlite.config import LossConfig, ModelConfig
+from detlite.targets import IGNORED
+
+
+def focal_loss(logits: Tensor, cls_targets: Tensor, loss_cfg: LossConfig) -> Tensor:
+    """Un-normalised focal loss summed over anchors and classes (float32 scalar).
+
+    logits [B, A, C]; cls_targets [B, A] (class >= 0, -1 background, -2 ignored). The modulating
+    factor and alpha use the hard 0/1 target; only the cross-entropy target is label-smoothed,
+    so smoothing does not inflate the loss of easy negatives.
+    """
+    logits = logits.float()
+    classes = torch.arange(logits.shape[-1], device=logits.device)
+    target = (cls_targets.unsqueeze(-1) == classes).to(torch.float32)
+
+    prob = logits.sigmoid()
+    p_t = target * prob + (1.0 - target) * (1.0 - prob)
+    alpha_t = target * loss_cfg.alpha + (1.0 - target) * (1.0 - loss_cfg.alpha)
+    modulating = (1.0 - p_t) ** loss_cfg.gamma
+    smoothing = loss_cfg.label_smoothing
+    bce_target = target * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else target
+    ce = F.binary_cross_entropy_with_logits(logits, bce_target, reduction="none")
+
+    loss = alpha_t * modulating * ce
+    counted = (cls_targets != IGNORED).unsqueeze(-1)
+    return torch.where(counted, loss, 0.0).sum()
+
+
+def box_loss(box_outputs: Tensor, box_targets: Tensor, delta: float) -> Tensor:
+    """Un-normalised Huber loss over the non-zero entries of the box targets (float32 scalar).
+
+    The mask is elementwise `target != 0`, as the reference: background anchors carry all-zero
+    targets, and a positive's exactly-zero code component is (harmlessly) skipped too.
+    """
+    box_outputs = box_outputs.float()
+    box_targets = box_targets.float()
+    abs_err = (box_outputs - box_targets).abs()
+    quadratic = abs_err.clamp(max=delta)
+    linear = abs_err - quadratic
+    loss = 0.5 * quadratic * quadratic + delta * linear
+    return torch.where(box_targets != 0.0, loss, 0.0).sum()
+
+
+def detection_loss(
+    cls_flat: Tensor,
+    box_flat: Tensor,
+    cls_targets: Tensor,
+    box_targets: Tensor,
+    num_positives: Tensor,
+    cfg: ModelConfig,
+    *,
+    num_positives_total: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Total, class and box loss (float32 scalars) over a batch in anchor order.
+
+    Args:
+        cls_flat: [B, A, C] class logits (any float dtype; computed in float32).
+        box_flat: [B, A, 4] box codes (ty, tx, th, tw).
+        cls_targets, box_targets, num_positives: from `targets.assign`.
+        cfg: model config (`loss.*`).
+        num_positives_total: the number of positives to normalise by instead of
+            `num_positives.sum()`, e.g. the sum all-reduced across ranks so that every rank
+            uses the same normaliser. The `+ 1` (guard against zero positives) is still added.
+
+    Returns:
+        (total, cls_loss, box_loss) with total = cls_loss + box_loss_weight * box_loss,
+        cls_loss = focal / normaliser and box_loss = huber / (4 * normaliser),
+        normaliser = positives + 1.
+    """
+    loss_cfg = cfg.loss
+    positives = num_positives.sum() if num_positives_total is None else num_positives_total
+    normaliser = positives.to(torch.float32) + 1.0
+    cls_loss = focal_loss(cls_flat, cls_targets, loss_cfg) / normaliser
+    box = box_loss(box_flat, box_targets, loss_cfg.huber_delta) / (4.0 * normaliser)
+    total = cls_loss + loss_cfg.box_loss_weight * box
+    return total, cls_loss, box
