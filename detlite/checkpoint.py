@@ -1,0 +1,116 @@
+"""safetensors checkpoints of the flat parameter dict, with the model config in the metadata.
+
+A checkpoint alone rebuilds the model: `params, cfg = checkpoint.load(path)`. Writes are atomic
+(temporary file in the same directory, fsync, rename), so an interrupted save never leaves a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from . import config as config_lib
+from .config import ModelConfig
+
+FORMAT = "detlite-params-v1"
+_FORMAT_KEY = "format"
+_CONFIG_KEY = "model_config"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable detlite checkpoint."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call `write(tmp_path)`, then move the finished file to `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(
+    path: str | os.PathLike,
+    params: dict[str, Tensor],
+    cfg: ModelConfig,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write `params` (moved to CPU, made contiguous) and `cfg` to a safetensors file."""
+    meta = {_FORMAT_KEY: FORMAT, _CONFIG_KEY: config_lib.to_json(cfg), **(metadata or {})}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a checkpoint, checked to be a detlite file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors checkpoint ({e}); the file is truncated or "
+            "corrupt — use another checkpoint (e.g. an earlier one from the run directory)"
+        ) from e
+    if meta.get(_FORMAT_KEY) != FORMAT:
+        raise CheckpointError(
+            f"{path}: safetensors file without detlite metadata (format={meta.get(_FORMAT_KEY)!r}); "
+            "to import foreign weights use `python -m detlite.weights SRC DST --source ...`"
+        )
+    return meta
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], ModelConfig]:
+    """Read a checkpoint written by `save`; returns (params, cfg). Refuses corrupt files clearly."""
+    meta = read_metadata(path)
+    try:
+        cfg = config_lib.from_json(meta[_CONFIG_KEY])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: model config in the metadata is unreadable ({e})") from e
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            params = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: tensor data is truncated or corrupt ({e})") from e
+    check_params(params, cfg, source=str(path))
+    return params, cfg
+
+
+def check_params(params: dict[str, Tensor], cfg: ModelConfig, source: str) -> None:
+    """Names and shapes must be exactly those `model.init(cfg)` makes."""
+    from . import model  # late import: model pulls in the whole network code
+
+    expected = {k: v.shape for k, v in model.init(cfg).items()}
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    misshaped = sorted(k for k in expected.keys() & params.keys() if params[k].shape != expected[k])
+    if missing or unexpected or misshaped:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        if misshaped:
+            details.append(
+                "wrong shape "
+                + ", ".join(f"{k}: {tuple(params[k].shape)} vs {tuple(expected[k])}" for k in misshaped[:10])
+            )
+        raise CheckpointError(
+            f"{source}: tensors do not match the model config stored with them ({'; '.join(details)})"
+        )
