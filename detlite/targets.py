@@ -46,16 +46,16 @@ def _match_anchors(iou: Tensor, real: Tensor, cfg: ModelConfig) -> Tensor:
     return torch.where(forced_row < num_rows, forced_row, match)
 
 
-def _crowd_coverage(iou: Tensor, gt_boxes: Tensor, anchors: Tensor, crowd: Tensor) -> Tensor:
+def _crowd_coverage(gt_boxes: Tensor, anchors: Tensor, crowd: Tensor) -> Tensor:
     """Largest fraction of each anchor's area covered by a crowd box, [B, A].
 
-    The intersection is recovered from the IoU (inter = iou * (a + b) / (1 + iou)) rather than
-    with a second pairwise [B, M, A] pass; its rounding is far below any sensible threshold.
+    Computed from the intersection itself, not recovered from the IoU: grid-aligned crowd boxes
+    often cover anchors exactly at the threshold, where any rounding would flip the decision.
     """
-    gt_area = box_area(gt_boxes.reshape(-1, 4)).reshape(gt_boxes.shape[:2])
-    anchor_area = box_area(anchors)
-    inter = iou * (gt_area.unsqueeze(-1) + anchor_area) / (1.0 + iou)
-    ioa = inter / anchor_area
+    top_left = torch.maximum(gt_boxes[..., None, :2], anchors[:, :2])
+    bottom_right = torch.minimum(gt_boxes[..., None, 2:], anchors[:, 2:])
+    inter_wh = (bottom_right - top_left).clamp(min=0)
+    ioa = inter_wh[..., 0] * inter_wh[..., 1] / box_area(anchors)
     return torch.where(crowd.unsqueeze(-1), ioa, 0.0).amax(dim=1)
 
 
@@ -89,7 +89,7 @@ def assign(
     cls_targets = torch.where(positive, matched_labels, match)
 
     # Anchors a crowd region mostly covers would otherwise be trained as confident negatives.
-    covered = _crowd_coverage(iou, gt_boxes, anchors, crowd) >= cfg.loss.crowd_ioa_threshold
+    covered = _crowd_coverage(gt_boxes, anchors, crowd) >= cfg.loss.crowd_ioa_threshold
     cls_targets = torch.where(covered & (cls_targets == BACKGROUND), IGNORED, cls_targets)
 
     matched_boxes = gt_boxes.gather(1, row.unsqueeze(-1).expand(-1, -1, 4))

@@ -11,6 +11,7 @@ effdet = pytest.importorskip("effdet")
 
 from detlite import config, model  # noqa: E402
 from detlite.weights.effdet_format import from_effdet  # noqa: E402
+from effdet_ref import randomize_batch_norm  # noqa: E402
 
 SIZE = 256
 VARIANTS = [
@@ -21,18 +22,6 @@ VARIANTS = [
     "tf_efficientdet_d7",  # sum weighting, 8 cells
 ]
 
-
-def randomize_batch_norm(module: torch.nn.Module, seed: int) -> None:
-    """Fresh BN is nearly the identity and would hide eps/ordering bugs: give it real statistics."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def no_drop_path(cfg: config.ModelConfig) -> config.ModelConfig:

@@ -1,0 +1,126 @@
+"""Raw head outputs -> a fixed-size detection tensor: top-k, decode, class-aware NMS, top max_det.
+
+Output rows are `x1, y1, x2, y2, score, class` (class 0-based, as float); each image has
+`cfg.postprocess.max_det` rows, the first `counts[b]` of them real, sorted by score (descending,
+ties by lower candidate index), the rest zero with class -1.
+
+Only torchvision's `nms` has a data-dependent output size, and its result is immediately turned
+back into a static boolean mask. Compiling with `fullgraph=True` therefore needs dynamo to
+capture that one op: use `compile_postprocess`, or wrap your own compiled caller in
+`torch._dynamo.config.patch(**DYNAMO_CONFIG)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.ops import nms
+
+from detlite.anchors import decode, flatten_outputs
+from detlite.config import ModelConfig
+
+# Dynamo settings under which `postprocess` compiles with fullgraph=True.
+DYNAMO_CONFIG: dict[str, Any] = {"capture_dynamic_output_shape_ops": True}
+
+
+def _top_candidates(
+    cls_flat: Tensor, box_flat: Tensor, anchors: Tensor, cfg: ModelConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Top (anchor, class) pairs per image: clipped xyxy boxes [B, K, 4], scores, classes [B, K]."""
+    batch, num_anchors, num_classes = cls_flat.shape
+    k = min(cfg.postprocess.max_detection_points, num_anchors * num_classes)
+    logits, flat_index = cls_flat.reshape(batch, -1).topk(k, dim=1)
+    anchor_index = flat_index // num_classes
+    classes = flat_index % num_classes
+
+    codes = box_flat.gather(1, anchor_index.unsqueeze(-1).expand(-1, -1, 4)).float()
+    boxes = decode(codes, anchors.float()[anchor_index])
+    image_h, image_w = cfg.image_size
+    upper = boxes.new_tensor([image_w, image_h, image_w, image_h])
+    boxes = torch.minimum(boxes.clamp(min=0.0), upper)
+    return boxes, logits.float().sigmoid(), classes
+
+
+def _nms_keep_mask(boxes: Tensor, scores: Tensor, classes: Tensor, cfg: ModelConfig) -> Tensor:
+    """Class-aware NMS of one image's candidates as a boolean mask [K].
+
+    Boxes of different classes are shifted apart by more than the image size so that one plain
+    `nms` call never lets them suppress each other (torchvision's batched_nms would loop over
+    classes on the CPU, which breaks fullgraph). The shift is done in float64: in float32 an
+    offset of ~90 * 512 would cost ~1e-2 px of precision and flip IoU decisions near the
+    threshold; float64 holds the shifted float32 coordinates exactly.
+    """
+    offset = float(max(cfg.image_size) + 1)
+    shifted = boxes.double() + (classes.double() * offset).unsqueeze(-1)
+    kept = nms(shifted, scores.double(), cfg.postprocess.nms_iou)
+    return torch.zeros_like(scores, dtype=torch.bool).index_fill(0, kept, True)
+
+
+def postprocess(
+    cls_outputs: list[Tensor],
+    box_outputs: list[Tensor],
+    anchors: Tensor,
+    cfg: ModelConfig,
+    image_scales: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Detections from raw per-level head outputs.
+
+    Args:
+        cls_outputs: per level [B, A*C, H, W] class logits.
+        box_outputs: per level [B, A*4, H, W] box codes (ty, tx, th, tw).
+        anchors: [A_total, 4] xyxy from `generate_anchors`.
+        cfg: model config (`image_size`, `postprocess.*`).
+        image_scales: optional [B]; boxes (after clipping to the input image) are multiplied by
+            it, e.g. to map them back to original image pixels.
+
+    Returns:
+        detections [B, max_det, 6] float32 and counts [B] int64 (real rows per image).
+    """
+    cls_flat, box_flat = flatten_outputs(cls_outputs, box_outputs, cfg)
+    boxes, scores, classes = _top_candidates(cls_flat, box_flat, anchors, cfg)
+    batch, num_candidates = scores.shape
+    max_det = cfg.postprocess.max_det
+
+    # NMS is per image (its cost is quadratic in the candidates, so one call over the whole
+    # batch would be B times slower); B is static, so this loop unrolls under compile.
+    keep = torch.stack(
+        [_nms_keep_mask(boxes[b], scores[b], classes[b], cfg) for b in range(batch)]
+    )
+    counts = keep.sum(dim=1).clamp(max=max_det)
+
+    # Suppressed candidates sink below every sigmoid score; a stable sort then ranks kept ones
+    # by score with ties going to the lower candidate index (= the higher or equal logit).
+    ranked = torch.where(keep, scores, -1.0)
+    order = ranked.sort(dim=1, descending=True, stable=True).indices
+    order = order[:, : min(max_det, num_candidates)]
+
+    top_boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+    if image_scales is not None:
+        top_boxes = top_boxes * image_scales.to(top_boxes.dtype).reshape(-1, 1, 1)
+    top_scores = scores.gather(1, order).unsqueeze(-1)
+    top_classes = classes.gather(1, order).to(top_boxes.dtype).unsqueeze(-1)
+    rows = torch.cat([top_boxes, top_scores, top_classes], dim=-1)
+
+    if rows.shape[1] < max_det:  # fewer candidates than output rows (tiny models only)
+        rows = torch.cat([rows, rows.new_zeros(batch, max_det - rows.shape[1], 6)], dim=1)
+    valid = torch.arange(max_det, device=rows.device) < counts.unsqueeze(-1)
+    empty_row = rows.new_tensor([0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+    detections = torch.where(valid.unsqueeze(-1), rows, empty_row)
+    return detections, counts
+
+
+def compile_postprocess(**compile_kwargs: Any) -> Callable[..., tuple[Tensor, Tensor]]:
+    """`postprocess` compiled with fullgraph=True; calls run under `DYNAMO_CONFIG`.
+
+    Extra keyword arguments go to `torch.compile` (e.g. `backend=`, `mode=`).
+    """
+    compiled = torch.compile(postprocess, fullgraph=True, **compile_kwargs)
+
+    def run(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        with torch._dynamo.config.patch(**DYNAMO_CONFIG):
+            return compiled(*args, **kwargs)
+
+    return run

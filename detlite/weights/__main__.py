@@ -1,0 +1,76 @@
+"""Convert a foreign checkpoint into a detlite checkpoint (safetensors + model config).
+
+    python -m detlite.weights tf_efficientdet_d0.pth d0.safetensors --preset d0 --source effdet
+    python -m detlite.weights efficientnet_b0.pth b0.safetensors --preset efficientdet_d0 \\
+        --source torchvision --part backbone --num-classes 3
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from .. import checkpoint, config
+from . import Part, Source, convert_with_report, read_state_dict
+
+# tyro lists these as the choices of --preset; Literal over a tuple expands to its items.
+PresetName = Literal[config.PRESETS]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class ConvertArgs:
+    """Import weights from an effdet, timm, torchvision or efficientnet_pytorch checkpoint and
+    write them, with the model config, as a detlite checkpoint."""
+
+    src: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SRC")]
+    """Checkpoint to import: .pth / .pt / .bin (torch.load, weights only) or .safetensors."""
+    dst: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="DST")]
+    """Where to write the detlite checkpoint (safetensors, with the model config)."""
+    preset: PresetName
+    """Model variant the weights are for (e.g. tf_efficientdet_d0, d0, lite0, efficientdet_d0)."""
+    source: Source
+    """Key naming; timm, torchvision, lukemelas (efficientnet_pytorch) are classifier files."""
+    part: Part = "all"
+    """Import everything, or only the backbone (classifier files; BiFPN and heads start fresh)."""
+    num_classes: int | None = None
+    """Number of classes of the model (default: the preset's, 90)."""
+    image_size: int | None = None
+    """Square input size in pixels (default: the preset's)."""
+    partial: bool = False
+    """Skip tensors that do not fit, keeping initialised values (e.g. a fresh class head)."""
+    seed: int = 0
+    """Seed of the initialisation of every tensor that does not come from the file."""
+
+
+def run(args: ConvertArgs) -> str:
+    """Do the conversion; returns the one-line summary."""
+    cfg = config.preset(args.preset, num_classes=args.num_classes, image_size=args.image_size)
+    state_dict = read_state_dict(args.src)
+    params, report = convert_with_report(
+        state_dict,
+        cfg,
+        args.source,
+        args.part,
+        strict=not args.partial,
+        seed=args.seed,
+        origin=str(args.src),
+    )
+    metadata = {"imported_from": args.src.name, "import_source": args.source}
+    checkpoint.save(args.dst, params, cfg, metadata=metadata)
+    return f"{args.src} -> {args.dst} ({cfg.name}, {args.part}): {report.summary()}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = tyro.cli(ConvertArgs, args=argv, prog="python -m detlite.weights")
+    try:
+        print(run(args))
+    except ValueError as e:
+        # Import problems are the user's to fix from the message alone; a traceback adds nothing.
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
