@@ -20,6 +20,10 @@ from . import config as config_lib
 from .config import ModelConfig
 
 FORMAT = "detlite-params-v1"
+# A training checkpoint (detlite.train_state) holds params, EMA, optimizer state and RNG states
+# under "<part>/" prefixes; `load` reads its weights too.
+TRAIN_FORMAT = "detlite-train-v1"
+_FORMATS = (FORMAT, TRAIN_FORMAT)
 _FORMAT_KEY = "format"
 _CONFIG_KEY = "model_config"
 
@@ -68,7 +72,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             f"{path}: not a readable safetensors checkpoint ({e}); the file is truncated or "
             "corrupt — use another checkpoint (e.g. an earlier one from the run directory)"
         ) from e
-    if meta.get(_FORMAT_KEY) != FORMAT:
+    if meta.get(_FORMAT_KEY) not in _FORMATS:
         raise CheckpointError(
             f"{path}: safetensors file without detlite metadata (format={meta.get(_FORMAT_KEY)!r}); "
             "to import foreign weights use `python -m detlite.weights SRC DST --source ...`"
@@ -76,24 +80,55 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], ModelConfig]:
-    """Read a checkpoint written by `save`; returns (params, cfg). Refuses corrupt files clearly."""
-    meta = read_metadata(path)
+def model_config(meta: dict[str, str], path: str | os.PathLike) -> ModelConfig:
     try:
-        cfg = config_lib.from_json(meta[_CONFIG_KEY])
+        return config_lib.from_json(meta[_CONFIG_KEY])
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: model config in the metadata is unreadable ({e})") from e
+
+
+def read_tensors(
+    path: str | os.PathLike, prefix: str = "", device: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
+    """Tensors whose names start with `prefix`, with the prefix removed."""
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            params = {k: f.get_tensor(k) for k in f.keys()}
+            # Cloned into fresh (aligned, writable) allocations: the vectorised CPU kernels then take
+            # the same code paths as for freshly created tensors, which keeps resumed runs bitwise
+            # equal to uninterrupted ones.
+            return {
+                k[len(prefix) :]: f.get_tensor(k).clone() for k in f.keys() if k.startswith(prefix)
+            }
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: tensor data is truncated or corrupt ({e})") from e
-    check_params(params, cfg, source=str(path))
-    return params, cfg
 
 
-def check_params(params: dict[str, Tensor], cfg: ModelConfig, source: str) -> None:
-    """Names and shapes must be exactly those `model.init(cfg)` makes."""
+def load(
+    path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "ema"
+) -> tuple[dict[str, Tensor], ModelConfig]:
+    """Read a checkpoint; returns (params, cfg). Refuses corrupt files with a clear message.
+
+    For a training checkpoint, `weights` picks the EMA weights ("ema", the default, as the
+    reference evaluates) or the raw ones ("params"); a run without EMA falls back to "params".
+    """
+    meta = read_metadata(path)
+    cfg = model_config(meta, path)
+    if meta[_FORMAT_KEY] == TRAIN_FORMAT:
+        if weights not in ("ema", "params"):
+            raise ValueError(f"weights must be 'ema' or 'params', got {weights!r}")
+        params = read_tensors(path, f"{weights}/", device)
+        if not params and weights == "ema":
+            params = read_tensors(path, "params/", device)
+    else:
+        params = read_tensors(path, "", device)
+    return check_params(params, cfg, source=str(path)), cfg
+
+
+def check_params(params: dict[str, Tensor], cfg: ModelConfig, source: str) -> dict[str, Tensor]:
+    """Names and shapes must be exactly those `model.init(cfg)` makes; returns `params` in
+    `model.init`'s order (files store names sorted). The order matters beyond looks: it is the
+    order of foreach reductions such as the gradient-norm clip, so a resumed run only matches an
+    uninterrupted one bit for bit with the same order."""
     from . import model  # late import: model pulls in the whole network code
 
     expected = {k: v.shape for k, v in model.init(cfg).items()}
@@ -114,3 +149,4 @@ def check_params(params: dict[str, Tensor], cfg: ModelConfig, source: str) -> No
         raise CheckpointError(
             f"{source}: tensors do not match the model config stored with them ({'; '.join(details)})"
         )
+    return {k: params[k] for k in expected}

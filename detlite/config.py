@@ -52,6 +52,9 @@ class LossConfig:
     label_smoothing: float = 0.0
     huber_delta: float = 0.1
     box_loss_weight: float = 50.0
+    fused: bool = True
+    """Compute the focal loss with the fused operator `detlite::sigmoid_focal_loss` (no [B, A, C]
+    temporaries on the GPU); False = the plain PyTorch expression in `detlite.loss`."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class PostprocessConfig:
     max_det: int = 100
     """Detections per image in the output tensor `[B, max_det, 6]`."""
     nms_iou: float = 0.5
+    nms: Literal["detlite", "torchvision"] = "detlite"
+    """NMS implementation: the operator `detlite::batched_nms` (whole batch, fixed-size output,
+    CUDA kernel when built) or torchvision's `nms` per image (plain PyTorch path)."""
 
 
 @dataclass(frozen=True)

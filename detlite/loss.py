@@ -1,7 +1,8 @@
 """Detection loss: sigmoid focal loss over classes plus Huber loss over box codes.
 
-Plain PyTorch reference path. It materialises [B, A, C] temporaries; the fused operator that
-avoids them must return the same numbers as this file.
+The focal loss runs as the fused operator `detlite::sigmoid_focal_loss` (`loss.fused=True`, the
+default; see detlite/ops) or as the plain PyTorch expression `plain_focal_loss`, which
+materialises [B, A, C] temporaries and is kept as the reference the fused operator must match.
 """
 
 from __future__ import annotations
@@ -10,12 +11,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detlite import ops
 from detlite.config import LossConfig, ModelConfig
 from detlite.targets import IGNORED
 
 
 def focal_loss(logits: Tensor, cls_targets: Tensor, loss_cfg: LossConfig) -> Tensor:
     """Un-normalised focal loss summed over anchors and classes (float32 scalar).
+
+    logits [B, A, C]; cls_targets [B, A] (class >= 0, -1 background, -2 ignored). Uses the fused
+    operator when `loss_cfg.fused`, else `plain_focal_loss`; both compute in float32.
+    """
+    if loss_cfg.fused:
+        per_image = ops.sigmoid_focal_loss(
+            logits, cls_targets, loss_cfg.alpha, loss_cfg.gamma, loss_cfg.label_smoothing
+        )
+        return per_image.sum().to(torch.float32)
+    return plain_focal_loss(logits, cls_targets, loss_cfg)
+
+
+def plain_focal_loss(logits: Tensor, cls_targets: Tensor, loss_cfg: LossConfig) -> Tensor:
+    """Un-normalised focal loss summed over anchors and classes (float32 scalar), plain PyTorch.
 
     logits [B, A, C]; cls_targets [B, A] (class >= 0, -1 background, -2 ignored). The modulating
     factor and alpha use the hard 0/1 target; only the cross-entropy target is label-smoothed,

@@ -4,10 +4,14 @@ Output rows are `x1, y1, x2, y2, score, class` (class 0-based, as float); each i
 `cfg.postprocess.max_det` rows, the first `counts[b]` of them real, sorted by score (descending,
 ties by lower candidate index), the rest zero with class -1.
 
-Only torchvision's `nms` has a data-dependent output size, and its result is immediately turned
-back into a static boolean mask. Compiling with `fullgraph=True` therefore needs dynamo to
-capture that one op: use `compile_postprocess`, or wrap your own compiled caller in
-`torch._dynamo.config.patch(**DYNAMO_CONFIG)`.
+NMS is class-aware at IoU `cfg.postprocess.nms_iou`. With `postprocess.nms="detlite"` (the
+default) it is the operator `detlite::batched_nms` (detlite/ops): the whole batch in one call
+with a fixed-size result, on a CUDA kernel where the library is built, and nothing for the
+compiler to special-case. With `"torchvision"` it is torchvision's `nms` per image, whose output
+has a data-dependent size that is immediately turned back into a static boolean mask; compiling
+that path with `fullgraph=True` needs dynamo to capture the op: use `compile_postprocess`, or
+wrap your own compiled caller in `torch._dynamo.config.patch(**DYNAMO_CONFIG)` (harmless for the
+default path).
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
+from detlite import ops
 from detlite.anchors import decode, flatten_outputs
 from detlite.config import ModelConfig
 
-# Dynamo settings under which `postprocess` compiles with fullgraph=True.
+# Dynamo settings under which `postprocess` compiles with fullgraph=True (needed by the
+# torchvision NMS path only).
 DYNAMO_CONFIG: dict[str, Any] = {"capture_dynamic_output_shape_ops": True}
 
 
 def _top_candidates(
     cls_flat: Tensor, box_flat: Tensor, anchors: Tensor, cfg: ModelConfig
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Top (anchor, class) pairs per image: clipped xyxy boxes [B, K, 4], scores, classes [B, K]."""
+    """Top (anchor, class) pairs per image: clipped xyxy boxes [B, K, 4], float32 logits and
+    classes [B, K], in descending logit order."""
     batch, num_anchors, num_classes = cls_flat.shape
     k = min(cfg.postprocess.max_detection_points, num_anchors * num_classes)
     logits, flat_index = cls_flat.reshape(batch, -1).topk(k, dim=1)
@@ -41,7 +48,7 @@ def _top_candidates(
     image_h, image_w = cfg.image_size
     upper = boxes.new_tensor([image_w, image_h, image_w, image_h])
     boxes = torch.minimum(boxes.clamp(min=0.0), upper)
-    return boxes, logits.float().sigmoid(), classes
+    return boxes, logits.float(), classes
 
 
 def _nms_keep_mask(boxes: Tensor, scores: Tensor, classes: Tensor, cfg: ModelConfig) -> Tensor:
@@ -57,6 +64,43 @@ def _nms_keep_mask(boxes: Tensor, scores: Tensor, classes: Tensor, cfg: ModelCon
     shifted = boxes.double() + (classes.double() * offset).unsqueeze(-1)
     kept = nms(shifted, scores.double(), cfg.postprocess.nms_iou)
     return torch.zeros_like(scores, dtype=torch.bool).index_fill(0, kept, True)
+
+
+def _detlite_nms(
+    boxes: Tensor, logits: Tensor, classes: Tensor, cfg: ModelConfig
+) -> tuple[Tensor, Tensor]:
+    """Candidate indices of the detections [B, max_det] (0 past the count) and counts [B].
+
+    The op visits candidates by logit, which orders them as the sigmoid scores do (it is
+    monotonic) without the ties that float32 sigmoids of distinct large logits round to; equal
+    logits go by lower index. Kept candidates come back in that order.
+    """
+    pp = cfg.postprocess
+    keep, counts = ops.batched_nms(boxes, logits, classes, pp.nms_iou, pp.max_det)
+    return keep.clamp(min=0), counts
+
+
+def _torchvision_nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, cfg: ModelConfig
+) -> tuple[Tensor, Tensor]:
+    """Candidate indices of the detections [B, min(max_det, K)] and counts [B], with torchvision.
+
+    Rows past a count index suppressed candidates; the caller masks them out.
+    """
+    batch, num_candidates = scores.shape
+    max_det = cfg.postprocess.max_det
+    # NMS is per image (its cost is quadratic in the candidates, so one call over the whole
+    # batch would be B times slower); B is static, so this loop unrolls under compile.
+    keep = torch.stack(
+        [_nms_keep_mask(boxes[b], scores[b], classes[b], cfg) for b in range(batch)]
+    )
+    counts = keep.sum(dim=1).clamp(max=max_det)
+
+    # Suppressed candidates sink below every sigmoid score; a stable sort then ranks kept ones
+    # by score with ties going to the lower candidate index (= the higher or equal logit).
+    ranked = torch.where(keep, scores, -1.0)
+    order = ranked.sort(dim=1, descending=True, stable=True).indices
+    return order[:, : min(max_det, num_candidates)], counts
 
 
 def postprocess(
@@ -80,22 +124,16 @@ def postprocess(
         detections [B, max_det, 6] float32 and counts [B] int64 (real rows per image).
     """
     cls_flat, box_flat = flatten_outputs(cls_outputs, box_outputs, cfg)
-    boxes, scores, classes = _top_candidates(cls_flat, box_flat, anchors, cfg)
-    batch, num_candidates = scores.shape
+    boxes, logits, classes = _top_candidates(cls_flat, box_flat, anchors, cfg)
+    scores = logits.sigmoid()
+    if cfg.postprocess.nms == "detlite":
+        order, counts = _detlite_nms(boxes, logits, classes, cfg)
+    elif cfg.postprocess.nms == "torchvision":
+        order, counts = _torchvision_nms(boxes, scores, classes, cfg)
+    else:
+        raise ValueError(f"postprocess.nms must be detlite or torchvision: {cfg.postprocess.nms!r}")
+    batch = scores.shape[0]
     max_det = cfg.postprocess.max_det
-
-    # NMS is per image (its cost is quadratic in the candidates, so one call over the whole
-    # batch would be B times slower); B is static, so this loop unrolls under compile.
-    keep = torch.stack(
-        [_nms_keep_mask(boxes[b], scores[b], classes[b], cfg) for b in range(batch)]
-    )
-    counts = keep.sum(dim=1).clamp(max=max_det)
-
-    # Suppressed candidates sink below every sigmoid score; a stable sort then ranks kept ones
-    # by score with ties going to the lower candidate index (= the higher or equal logit).
-    ranked = torch.where(keep, scores, -1.0)
-    order = ranked.sort(dim=1, descending=True, stable=True).indices
-    order = order[:, : min(max_det, num_candidates)]
 
     top_boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
     if image_scales is not None:

@@ -400,15 +400,18 @@ def test_environment_matches_torchrun(spawn, tmp_path):
     port = free_port()
     script = str(WORKERS / "env_dump.py")
     env = base_env()
+    dump = tmp_path / "torchrun-env"
+    dump.mkdir()
     torchrun = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-                               script], env=env, capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
+                               script], env={**env, "ENV_DUMP_DIR": str(dump)}, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
     assert torchrun.returncode == 0, torchrun.stderr
+    # From files: torchrun's workers share its stdout unprefixed, and their lines can interleave.
     theirs = {}
-    for line in torchrun.stdout.splitlines():
-        if line.startswith("ENV "):
-            e = json.loads(line[4:])
-            theirs[int(e["RANK"])] = e
+    for f in dump.glob("rank*.json"):
+        e = json.loads(f.read_text())
+        e.pop("ENV_DUMP_DIR")
+        theirs[int(e["RANK"])] = e
     launch = spawn(["--nproc-per-node", "2", "--master-port", str(port), script], env=env)
     assert launch.wait(60) == 0, launch.err
     ours = {}
@@ -786,3 +789,23 @@ def test_rendezvous_timeout_and_mismatches(spawn):
     n1 = spawn(["--nnodes", "3", "--node-rank", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", BEHAVE])
     assert n1.wait(10) == 124 and "--nnodes 3 but node 0 has 2" in n1.err
     assert n0.wait(10) == 124 and "--nnodes 3 but node 0 has 2" in n0.err
+
+
+def test_two_nodes_train_detlite(spawn, tmp_path, tiny_coco):
+    """A few real detlite training steps, 2 nodes × 1 worker on loopback (gloo)."""
+    run_dir = tmp_path / "run"
+    script = [
+        str(REPO / "train.py"), "builtin", "--steps", "2", "--batch-size", "2",
+        "--model.image-size", "128", "--data.num-workers", "0", "--log-every", "1", "--skip-eval",
+        "--data.train-json", str(tiny_coco["train_json"]), "--data.train-images", str(tiny_coco["train_images"]),
+        "--output", str(run_dir),
+    ]  # fmt: skip
+    n0, n1 = two_nodes(spawn, ["--master-port", "0"], script, nproc=1)
+    assert n1.wait(240) == 0, n1.err[-2000:]
+    assert n0.wait(60) == 0, n0.err[-2000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert (run_dir / "checkpoints" / "step-00000002.safetensors").is_file()
+    # Only rank 0 talks to the person; its lines carry the world size.
+    assert "world 2" in "".join(rank_lines(n0.out).get(0, []))
+    assert not any("step 2/2" in line for line in rank_lines(n1.out).get(1, []))

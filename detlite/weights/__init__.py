@@ -351,9 +351,16 @@ def convert_with_report(
     for name, value in wanted.items():
         if name in params and name not in skip:
             target = params[name]
-            # A copy in the target's dtype: the result must not alias the caller's module (BN
-            # statistics are updated in place in training) and stays float32 for fp16 files.
-            params[name] = value.detach().to(device=target.device, dtype=target.dtype, copy=True)
+            # A contiguous copy in the target's dtype: the result must not alias the caller's
+            # module (BN statistics are updated in place in training), stays float32 for fp16
+            # files, and has the strides a checkpoint round trip gives (reductions such as the
+            # gradient-norm clip follow strides, so a resumed run only matches bit for bit so).
+            params[name] = value.detach().to(
+                device=target.device,
+                dtype=target.dtype,
+                memory_format=torch.contiguous_format,
+                copy=True,
+            )
             imported += 1
     if imported and (reason := _config_mismatch(source, cfg, renamed)):
         logger.warning("%s: %s", origin, reason)

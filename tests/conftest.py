@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny COCO-format dataset cut from the built-in one."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from detlite.data import ensure_builtin
+
+
+def _subset(src_json: Path, dst_json: Path, count: int) -> None:
+    data = json.loads(src_json.read_text())
+    images = sorted(data["images"], key=lambda im: im["id"])[:count]
+    ids = {im["id"] for im in images}
+    data["images"] = images
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+    dst_json.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="session")
+def builtin_paths(tmp_path_factory):
+    return ensure_builtin(tmp_path_factory.mktemp("builtin") / "builtin-v1")
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(builtin_paths, tmp_path_factory):
+    """8 train and 4 val images of the built-in dataset, as COCO JSON + image folders."""
+    root = tmp_path_factory.mktemp("tiny")
+    _subset(builtin_paths.train_json, root / "train.json", 8)
+    _subset(builtin_paths.val_json, root / "val.json", 4)
+    return {
+        "train_json": root / "train.json",
+        "train_images": builtin_paths.train_images,
+        "val_json": root / "val.json",
+        "val_images": builtin_paths.val_images,
+    }

@@ -1,0 +1,97 @@
+"""The evaluation path: ground truth turned into raw head outputs, post-processed, mapped back to
+original pixels and scored by pycocotools must give mAP 1.0."""
+
+import json
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+from torchvision.io import write_jpeg
+
+from detlite import anchors as anchors_lib
+from detlite import config, targets
+from detlite.data import CocoDetection, eval_loader
+from detlite.evaluate import coco_metrics, evaluate, to_coco_results
+from detlite.postprocess import postprocess
+
+# (width, height) of each image and its non-overlapping boxes [x, y, w, h, category id]: several
+# aspect ratios, so the fit-to-input scale differs per image and the mapping back is exercised.
+IMAGES = {
+    1: ((300, 200), [[10, 20, 60, 40, 3], [150, 90, 100, 80, 7]]),
+    2: ((150, 400), [[5, 5, 40, 120, 7], [60, 250, 70, 90, 90]]),
+    3: ((128, 128), [[30, 30, 64, 64, 90]]),
+    4: ((640, 480), [[0, 0, 200, 150, 3], [300, 200, 250, 260, 3], [420, 20, 90, 60, 7]]),
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gt")
+    images, annotations = [], []
+    for image_id, ((w, h), boxes) in IMAGES.items():
+        write_jpeg(torch.full((3, h, w), 100, dtype=torch.uint8), str(root / f"{image_id}.jpg"))
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": w, "height": h})
+        for x, y, bw, bh, cat in boxes:
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
+                 "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0}
+            )  # fmt: skip
+    categories = [{"id": c, "name": f"c{c}"} for c in (3, 7, 90)]
+    (root / "gt.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    return root / "gt.json", root
+
+
+def _levels(flat: torch.Tensor, cfg: config.ModelConfig) -> list[torch.Tensor]:
+    """Inverse of anchors.flatten_outputs for one output kind: [B, A_total, K] → per-level maps."""
+    out, start = [], 0
+    for h, w in config.feature_sizes(cfg):
+        n = h * w * cfg.num_anchors
+        part = flat[:, start : start + n].reshape(flat.shape[0], h, w, -1)
+        out.append(part.permute(0, 3, 1, 2).contiguous())
+        start += n
+    return out
+
+
+def test_ground_truth_as_detections_scores_map_one(dataset):
+    gt_json, image_dir = dataset
+    cfg = config.preset("d0", num_classes=3, image_size=256)
+    ds = CocoDetection(gt_json, image_dir)
+    loader = eval_loader(ds, image_size=cfg.image_size, batch_size=3, num_workers=0)
+    anchors = anchors_lib.generate_anchors(cfg)
+    index_of = {ds.image_id(i): i for i in range(len(ds))}
+
+    def predict_batch(batch):
+        # Ground truth in model pixels → the raw outputs a perfect model would give.
+        gt_boxes = torch.zeros(len(batch["image_ids"]), 8, 4)
+        gt_labels = torch.full((len(batch["image_ids"]), 8), -1)
+        for row, (image_id, scale) in enumerate(zip(batch["image_ids"].tolist(), batch["scales"])):
+            if image_id < 0:
+                continue
+            boxes, labels = ds.annotations(index_of[image_id])
+            gt_boxes[row, : len(boxes)] = boxes * scale
+            gt_labels[row, : len(labels)] = labels
+        cls_t, box_t, _ = targets.assign(anchors, gt_boxes, gt_labels, cfg)
+        logits = torch.full((*cls_t.shape, cfg.num_classes), -20.0)
+        positive = cls_t >= 0
+        logits[positive] = torch.nn.functional.one_hot(cls_t[positive], cfg.num_classes) * 40.0 - 20.0
+        return postprocess(
+            _levels(logits, cfg), _levels(box_t, cfg), anchors, cfg, image_scales=1.0 / batch["scales"]
+        )
+
+    metrics, results = evaluate(predict_batch, loader, COCO(str(gt_json)), ds.category_map, torch.device("cpu"))
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+    assert {r["category_id"] for r in results} == {3, 7, 90}  # original ids, not labels
+
+
+def test_no_detections_scores_zero(dataset):
+    gt_json, _ = dataset
+    metrics = coco_metrics(COCO(str(gt_json)), [])
+    assert metrics["AP"] == 0.0
+
+
+def test_results_use_original_ids_and_xywh():
+    dets = torch.tensor([[[10.0, 20.0, 50.0, 80.0, 0.9, 1.0], [0, 0, 0, 0, 0.0005, 0.0]]])
+    results = to_coco_results(dets, torch.tensor([2]), [42], label_to_category=[5, 17])
+    assert results == [{"image_id": 42, "category_id": 17, "bbox": [10.0, 20.0, 40.0, 60.0], "score": pytest.approx(0.9)}]

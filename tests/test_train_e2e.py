@@ -1,0 +1,111 @@
+"""train → checkpoint → exact resume → eval, end to end on a tiny dataset (CPU)."""
+
+import json
+import math
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+import eval as eval_cli
+import train as train_cli
+from detlite import checkpoint, train_state
+from detlite.trainer import train
+
+
+def _args(tiny, out, *extra):
+    return [
+        "builtin",
+        "--steps", "4",
+        "--batch-size", "2",
+        "--model.image-size", "128",
+        "--data.train-json", str(tiny["train_json"]),
+        "--data.train-images", str(tiny["train_images"]),
+        "--data.val-json", str(tiny["val_json"]),
+        "--data.val-images", str(tiny["val_images"]),
+        "--data.num-workers", "0",
+        "--log-every", "1",
+        "--checkpoint-every", "2",
+        "--optim.ema-decay", "0.9",
+        "--output", str(out),
+        *extra,
+    ]  # fmt: skip
+
+
+def _losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_coco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "a"
+    summary = train(train_cli.parse(_args(tiny_coco, out)))
+    return out, summary
+
+
+def test_train_writes_checkpoints_metrics_and_evaluates(first_run):
+    out, summary = first_run
+    assert summary["steps"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-00000002.safetensors",
+        "step-00000004.safetensors",
+    ]
+    losses = _losses(out)
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+    assert math.isfinite(summary["metrics"]["AP"]) and 0.0 <= summary["metrics"]["AP"] <= 1.0
+    results = json.loads((out / "eval-step4.json").read_text())
+    assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
+    # The best weights are a plain checkpoint that rebuilds the model.
+    params, cfg = checkpoint.load(out / "best.safetensors")
+    assert cfg.num_classes == 5 and cfg.image_size == (128, 128)
+
+
+def test_resume_continues_exactly(first_run, tiny_coco, tmp_path):
+    out, _ = first_run
+    resumed = tmp_path / "b"
+    train(
+        train_cli.parse(
+            _args(tiny_coco, resumed, "--resume", str(out / "checkpoints" / "step-00000002.safetensors"), "--skip-eval")
+        )
+    )
+    assert _losses(resumed) == {3: _losses(out)[3], 4: _losses(out)[4]}
+    a = train_state.load(out / "checkpoints" / "step-00000004.safetensors")
+    b = train_state.load(resumed / "checkpoints" / "step-00000004.safetensors")
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
+
+
+def test_eval_cli_writes_metrics_and_coco_results(first_run, tiny_coco, tmp_path):
+    out, summary = first_run
+    metrics = eval_cli.run(
+        eval_cli.EvalConfig(
+            checkpoint=out / "checkpoints" / "step-00000004.safetensors",
+            data=train_cli.parse(_args(tiny_coco, out)).data,
+            output=tmp_path / "eval",
+            draw=2,
+        )
+    )
+    assert metrics == pytest.approx(summary["metrics"])  # EMA weights, as the training eval
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    coco = COCO(str(tiny_coco["val_json"]))
+    coco.loadRes(str(tmp_path / "eval" / "detections.json"))  # valid COCO results file
+    assert len(list((tmp_path / "eval" / "draw").glob("*.jpg"))) == 2
+
+
+def test_resume_refuses_corrupt_and_weights_only_files(first_run, tiny_coco, tmp_path):
+    out, _ = first_run
+    broken = tmp_path / "broken.safetensors"
+    data = (out / "checkpoints" / "step-00000004.safetensors").read_bytes()
+    broken.write_bytes(data[: len(data) // 3])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
+        train(train_cli.parse(_args(tiny_coco, tmp_path / "c", "--resume", str(broken))))
+    with pytest.raises(checkpoint.CheckpointError, match="cannot resume"):
+        train(train_cli.parse(_args(tiny_coco, tmp_path / "d", "--resume", str(out / "best.safetensors"))))
+
+
+def test_missing_data_names_the_flag(tmp_path):
+    cfg = train_cli.parse(["builtin", "--data.root", str(tmp_path / "nowhere")])
+    with pytest.raises(FileNotFoundError, match="--data"):
+        train(cfg)
