@@ -105,7 +105,7 @@ def effdet_train_step(preset: str, size: int, batch: int, device):
     import effdet
 
     net = effdet.create_model(
-        preset, bench_task="train", pretrained=False, pretrained_backbone=False,
+        preset, bench_task="train", bench_labeler=True, pretrained=False, pretrained_backbone=False,
         num_classes=90, image_size=(size, size),
     ).to(device).train()  # fmt: skip
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
