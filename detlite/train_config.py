@@ -76,6 +76,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     epochs: int = 300
+    """Passes over the training set (each rank sees 1/world_size of every epoch)."""
     steps: int | None = None
     """Total optimizer steps; overrides --epochs when set."""
     batch_size: int = 32
@@ -87,6 +88,7 @@ class TrainConfig:
     device: str = "auto"
     """"auto" = cuda:LOCAL_RANK when CUDA is available, else cpu."""
     seed: int = 0
+    """Seeds initialisation, data order and augmentation (a pure function of seed, epoch, index)."""
     output: Path = Path("runs/detlite")
     """Run directory: checkpoints, metrics.jsonl, eval results."""
     checkpoint_every: int = 1000
@@ -98,6 +100,7 @@ class TrainConfig:
     eval_every: int = 0
     """Steps between evaluations on the val split (0: only at the end)."""
     log_every: int = 10
+    """Steps between progress updates and metrics.jsonl records (each one syncs the device)."""
     benchmark: int = 0
     """Benchmark mode: time this many steps (after warm-up), print img/s; no checkpoints, no eval."""
     skip_eval: bool = False
