@@ -27,7 +27,7 @@ from detlite.data import CategoryMap, CocoDetection, DevicePrefetcher, ImageFold
 from detlite.postprocess import DYNAMO_CONFIG
 from detlite.train_config import DataConfig, TrainConfig
 from detlite.evaluate import clip_to_images, evaluate, metrics_table, write_results
-from detlite.trainer import resolve_data
+from detlite.trainer import make_predict, resolve_data
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,6 @@ def category_map_of(path: Path, num_classes: int, dataset_map: CategoryMap | Non
     )
 
 
-def _predict_fn(mcfg, compile_mode: str):
-    from detlite import model
-
-    def predict(params, images, image_scales, anchors):
-        return model.predict(params, model.normalize(images, mcfg), mcfg, image_scales=image_scales, anchors=anchors)
-
-    if compile_mode != "off":
-        return torch.compile(predict, fullgraph=True, mode=None if compile_mode == "default" else compile_mode)
-    return predict
-
-
 def _draw(image: torch.Tensor, dets: torch.Tensor, names: tuple[str, ...], min_score: float) -> torch.Tensor:
     keep = dets[:, 4] >= min_score
     dets = dets[keep]
@@ -98,7 +87,7 @@ def run(cfg: EvalConfig) -> dict:
     console = Console()
     try:
         params, mcfg = checkpoint.load(cfg.checkpoint, device=world.device, weights=cfg.weights)
-        predict = _predict_fn(mcfg, cfg.compile)
+        predict = make_predict(mcfg, cfg.compile, world.device)
         out = Path(cfg.output)
         out.mkdir(parents=True, exist_ok=True)
         if cfg.predict is not None:

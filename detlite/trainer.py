@@ -125,12 +125,36 @@ def initial_params(cfg: TrainConfig, mcfg: config.ModelConfig, log) -> dict[str,
 # ----------------------------------------------------------------------------- steps
 
 
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
+def _compiled(fn, compile_mode: str):
+    if compile_mode == "off":
+        return fn
+    return torch.compile(fn, fullgraph=True, mode=None if compile_mode == "default" else compile_mode)
+
+
+def make_predict(
+    mcfg: config.ModelConfig,
+    compile_mode: str = "off",
+    device: torch.device = torch.device("cpu"),
+    amp_dtype: torch.dtype | None = None,
+):
+    """`predict(params, uint8 images, image_scales, anchors) -> (detections, counts)`, compiled
+    with fullgraph unless `compile_mode` is "off"; used by training evaluation and eval.py."""
+
+    def predict(params, images, image_scales, anchors):
+        with _autocast(device, amp_dtype):
+            x = model.normalize(images, mcfg)
+            return model.predict(params, x, mcfg, image_scales=image_scales, anchors=anchors)
+
+    return _compiled(predict, compile_mode)
+
+
 def make_steps(mcfg: config.ModelConfig, cfg: TrainConfig, device: torch.device):
     """The compiled training loss (targets + forward + loss in one graph) and inference step."""
     amp_dtype = _DTYPES[cfg.precision.dtype]
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
     def train_loss(params, images, boxes, labels, anchors):
         with torch.no_grad():
@@ -141,7 +165,7 @@ def make_steps(mcfg: config.ModelConfig, cfg: TrainConfig, device: torch.device)
         x = model.normalize(images, mcfg)
         if cfg.precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
+        with _autocast(device, amp_dtype):
             cls_out, box_out = model.forward(params, x, mcfg, training=True)
         cls_flat, box_flat = anchors_lib.flatten_outputs(cls_out, box_out, mcfg)
         return detection_loss(
@@ -149,16 +173,7 @@ def make_steps(mcfg: config.ModelConfig, cfg: TrainConfig, device: torch.device)
             num_positives_total=num_positives_total,
         )  # fmt: skip
 
-    def predict(params, images, image_scales, anchors):
-        with autocast():
-            x = model.normalize(images, mcfg)
-            return model.predict(params, x, mcfg, image_scales=image_scales, anchors=anchors)
-
-    if cfg.compile != "off":
-        mode = None if cfg.compile == "default" else cfg.compile
-        train_loss = torch.compile(train_loss, fullgraph=True, mode=mode)
-        predict = torch.compile(predict, fullgraph=True, mode=mode)
-    return train_loss, predict
+    return _compiled(train_loss, cfg.compile), make_predict(mcfg, cfg.compile, device, amp_dtype)
 
 
 # ----------------------------------------------------------------------------- checkpoints
