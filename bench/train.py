@@ -23,12 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from detlite import anchors as anchors_lib  # noqa: E402
-from detlite import config, model  # noqa: E402
-from detlite.optim import OptimConfig, ema_update, make_sgd, trainable_names  # noqa: E402
-from detlite.postprocess import DYNAMO_CONFIG  # noqa: E402
-from detlite.train_config import PrecisionConfig, TrainConfig  # noqa: E402
-from detlite.trainer import make_steps  # noqa: E402
+from detlite import config, model
+from detlite.optim import OptimConfig, ema_update, make_sgd, trainable_names
+from detlite.steps import Predictor, StepOptions, TrainingLoss
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, gen: torch.Generator):
@@ -58,7 +55,7 @@ def timed(fn, warmup: int, repeats: int, device: torch.device) -> float:
 
 
 def detlite_train_step(preset: str, size: int, batch: int, compile_mode: str, dtype: str, device):
-    cfg = TrainConfig(compile=compile_mode, precision=PrecisionConfig(dtype=dtype))
+    options = StepOptions(compile=compile_mode, dtype=dtype)
     mcfg = config.preset(preset, num_classes=90, image_size=size)
     params = {k: v.to(device) for k, v in model.init(mcfg).items()}
     names = trainable_names(params)
@@ -66,13 +63,14 @@ def detlite_train_step(preset: str, size: int, batch: int, compile_mode: str, dt
         params[k].requires_grad_(True)
     opt = make_sgd(params, names, OptimConfig(), lr=0.01)
     ema = {k: v.detach().clone() for k, v in params.items()}
-    train_loss, _ = make_steps(mcfg, cfg, device)
-    anchors = anchors_lib.generate_anchors(mcfg, device=device)
-    images, boxes, labels = (t.to(device) for t in synthetic_batch(batch, size, 90, torch.Generator().manual_seed(0)))
+    train_loss = TrainingLoss(mcfg, options, device)
+    images, boxes, labels = (
+        t.to(device) for t in synthetic_batch(batch, size, 90, torch.Generator().manual_seed(0))
+    )
     trainable = [params[k] for k in names]
 
     def step():
-        total, _, _ = train_loss(params, images, boxes, labels, anchors)
+        total, _, _ = train_loss(params, images, boxes, labels)
         total.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 10.0, foreach=True)
         opt.step()
@@ -83,22 +81,12 @@ def detlite_train_step(preset: str, size: int, batch: int, compile_mode: str, dt
 
 
 def detlite_predict(preset: str, size: int, batch: int, compile_mode: str, device):
+    """The product's inference step: uint8 images in, normalisation, network, decode, NMS."""
     mcfg = config.preset(preset, num_classes=90, image_size=size)
     params = {k: v.to(device) for k, v in model.init(mcfg).items()}
-    anchors = anchors_lib.generate_anchors(mcfg, device=device)
-    images = torch.randn(batch, 3, size, size, device=device)
-
-    def predict(x):
-        return model.predict(params, x, mcfg, anchors=anchors)
-
-    if compile_mode != "off":
-        predict = torch.compile(predict, fullgraph=True, mode=None if compile_mode == "default" else compile_mode)
-
-    def run():
-        with torch.no_grad(), torch._dynamo.config.patch(**DYNAMO_CONFIG):
-            predict(images)
-
-    return run
+    predictor = Predictor(mcfg, StepOptions(compile=compile_mode), device)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    return lambda: predictor(params, images)
 
 
 def effdet_train_step(preset: str, size: int, batch: int, device):
@@ -144,7 +132,9 @@ def effdet_predict(preset: str, size: int, batch: int, device):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="tf_efficientdet_d0")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--train-batch", type=int, default=2)
@@ -160,16 +150,36 @@ def main() -> None:
     warm, rep = 2, args.repeats
 
     rows = []
-    ref_train = timed(effdet_train_step(args.preset, args.size, args.train_batch, device), warm, rep, device)
+    ref_train = timed(
+        effdet_train_step(args.preset, args.size, args.train_batch, device), warm, rep, device
+    )
     rows.append(("train step", "effdet 0.4.1 (eager)", ref_train, ref_train))
     for mode in ("off", "default"):
-        t = timed(detlite_train_step(args.preset, args.size, args.train_batch, mode, args.precision, device), warm, rep, device)
-        rows.append(("train step", f"detlite ({'eager' if mode == 'off' else 'compiled'})", t, ref_train))
-    ref_pred = timed(effdet_predict(args.preset, args.size, args.predict_batch, device), warm, rep, device)
+        t = timed(
+            detlite_train_step(
+                args.preset, args.size, args.train_batch, mode, args.precision, device
+            ),
+            warm,
+            rep,
+            device,
+        )
+        rows.append(
+            ("train step", f"detlite ({'eager' if mode == 'off' else 'compiled'})", t, ref_train)
+        )
+    ref_pred = timed(
+        effdet_predict(args.preset, args.size, args.predict_batch, device), warm, rep, device
+    )
     rows.append(("predict", "effdet 0.4.1 (eager)", ref_pred, ref_pred))
     for mode in ("off", "default"):
-        t = timed(detlite_predict(args.preset, args.size, args.predict_batch, mode, device), warm, rep, device)
-        rows.append(("predict", f"detlite ({'eager' if mode == 'off' else 'compiled'})", t, ref_pred))
+        t = timed(
+            detlite_predict(args.preset, args.size, args.predict_batch, mode, device),
+            warm,
+            rep,
+            device,
+        )
+        rows.append(
+            ("predict", f"detlite ({'eager' if mode == 'off' else 'compiled'})", t, ref_pred)
+        )
 
     print(
         f"\n{args.preset} at {args.size}px, train batch {args.train_batch}, predict batch "

@@ -76,7 +76,7 @@ def blocks(cfg: BackboneConfig) -> list[list[Block]]:
         # Lite keeps the first and last stage at their base depth (they are cheap to keep fixed
         # and the TF-Lite models were defined that way).
         fixed = cfg.lite and s in (0, len(_B0_STAGES) - 1)
-        n = repeats if fixed else int(math.ceil(repeats * cfg.depth))
+        n = repeats if fixed else math.ceil(repeats * cfg.depth)
         stage_defs.append((n, kernel, stride, expand, round_channels(out * cfg.width)))
     total = sum(d[0] for d in stage_defs)
     stages: list[list[Block]] = []

@@ -49,7 +49,12 @@ def cell_nodes(min_level: int, max_level: int) -> list[Node]:
 
 
 def _resample(
-    params: Params, prefix: str, x: Tensor, out_size: tuple[int, int], cfg: ModelConfig, training: bool
+    params: Params,
+    prefix: str,
+    x: Tensor,
+    out_size: tuple[int, int],
+    cfg: ModelConfig,
+    training: bool,
 ) -> Tensor:
     """Bring a feature map to `fpn_channels` (1x1 conv + BN, when needed) and to `out_size`."""
     if prefix + ".conv.weight" in params:

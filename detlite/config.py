@@ -52,9 +52,6 @@ class LossConfig:
     label_smoothing: float = 0.0
     huber_delta: float = 0.1
     box_loss_weight: float = 50.0
-    fused: bool = True
-    """Compute the focal loss with the fused operator `detlite::sigmoid_focal_loss` (no [B, A, C]
-    temporaries on the GPU); False = the plain PyTorch expression in `detlite.loss`."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +63,6 @@ class PostprocessConfig:
     max_det: int = 100
     """Detections per image in the output tensor `[B, max_det, 6]`."""
     nms_iou: float = 0.5
-    nms: Literal["detlite", "torchvision"] = "detlite"
-    """NMS implementation: the operator `detlite::batched_nms` (whole batch, fixed-size output,
-    CUDA kernel when built) or torchvision's `nms` per image (plain PyTorch path)."""
 
 
 @dataclass(frozen=True)
@@ -153,10 +147,13 @@ def _backbone(arch: str, drop_path_rate: float) -> BackboneConfig:
     )
 
 
+# D6 and larger: plain sum weighting of BiFPN inputs.
+_SUM = {"fpn_weighting": "sum"}
 # Lite variants: sum weighting in the BiFPN, and inputs normalised to [-1, 1].
 _LITE = {"fpn_weighting": "sum", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 # name: (backbone, drop path, image, fpn channels, fpn cells, head repeats, anchor scale, extra)
+# fmt: off
 _TABLE: dict[str, tuple] = {
     "tf_efficientdet_d0": ("tf_efficientnet_b0", 0.2, 512, 64, 3, 3, 4.0, {}),
     "tf_efficientdet_d1": ("tf_efficientnet_b1", 0.2, 640, 88, 4, 3, 4.0, {}),
@@ -164,8 +161,8 @@ _TABLE: dict[str, tuple] = {
     "tf_efficientdet_d3": ("tf_efficientnet_b3", 0.2, 896, 160, 6, 4, 4.0, {}),
     "tf_efficientdet_d4": ("tf_efficientnet_b4", 0.2, 1024, 224, 7, 4, 4.0, {}),
     "tf_efficientdet_d5": ("tf_efficientnet_b5", 0.2, 1280, 288, 7, 4, 4.0, {}),
-    "tf_efficientdet_d6": ("tf_efficientnet_b6", 0.2, 1280, 384, 8, 5, 4.0, {"fpn_weighting": "sum"}),
-    "tf_efficientdet_d7": ("tf_efficientnet_b6", 0.2, 1536, 384, 8, 5, 5.0, {"fpn_weighting": "sum"}),
+    "tf_efficientdet_d6": ("tf_efficientnet_b6", 0.2, 1280, 384, 8, 5, 4.0, _SUM),
+    "tf_efficientdet_d7": ("tf_efficientnet_b6", 0.2, 1536, 384, 8, 5, 5.0, _SUM),
     "tf_efficientdet_d7x": (
         "tf_efficientnet_b7", 0.2, 1536, 384, 8, 5, 4.0, {"fpn_weighting": "sum", "max_level": 8},
     ),
@@ -175,11 +172,12 @@ _TABLE: dict[str, tuple] = {
     "tf_efficientdet_lite3": ("tf_efficientnet_lite3", 0.2, 512, 160, 6, 4, 4.0, _LITE),
     "tf_efficientdet_lite3x": ("tf_efficientnet_lite3", 0.2, 640, 200, 6, 4, 3.0, _LITE),
     "tf_efficientdet_lite4": ("tf_efficientnet_lite4", 0.2, 640, 224, 7, 4, 4.0, _LITE),
-    # The one non-TF variant: timm's efficientnet_b0 (symmetric padding, BN eps 1e-5 in the backbone).
+    # The one non-TF variant: timm's efficientnet_b0 (symmetric padding, backbone BN eps 1e-5).
     "efficientdet_d0": (
         "efficientnet_b0", 0.1, 512, 64, 3, 3, 4.0, {"tf_padding": False, "redundant_bias": False},
     ),
 }
+# fmt: on
 
 ALIASES: dict[str, str] = {
     **{f"d{i}": f"tf_efficientdet_d{i}" for i in range(8)},
@@ -263,8 +261,14 @@ def _tuples(value: Any) -> Any:
     return value
 
 
+# Fields that older detlite versions stored although they are runtime choices, not part of the
+# model (which kernel computes the focal loss or NMS). Checkpoints holding them still load.
+_RETIRED_FIELDS = {"loss": ("fused",), "postprocess": ("nms",)}
+
+
 def from_dict(data: dict[str, Any]) -> ModelConfig:
-    """Rebuild a config from `to_dict` output (lists become tuples again); unknown keys are errors."""
+    """Rebuild a config from `to_dict` output (lists become tuples again); unknown keys are
+    errors, except fields that older versions stored and that are no longer part of a model."""
     nested = {
         "backbone": BackboneConfig,
         "loss": LossConfig,
@@ -277,7 +281,9 @@ def from_dict(data: dict[str, Any]) -> ModelConfig:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in nested:
-            kwargs[key] = nested[key](**{k: _tuples(v) for k, v in value.items()})
+            retired = _RETIRED_FIELDS.get(key, ())
+            fields = {k: _tuples(v) for k, v in value.items() if k not in retired}
+            kwargs[key] = nested[key](**fields)
         else:
             kwargs[key] = _tuples(value)
     return ModelConfig(**kwargs)

@@ -25,7 +25,8 @@ class MetricsFile:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", buffering=1)
+        # Open for the whole run (closed by `close`), line-buffered.
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
@@ -56,7 +57,9 @@ class Dashboard:
                 console=self.console,
                 transient=False,
             )
-            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, stats="")
+            self._task = self._progress.add_task(
+                "train", total=total_steps, completed=start_step, stats=""
+            )
             self._progress.start()
 
     def log(self, message: str) -> None:

@@ -1,6 +1,6 @@
 """A short look at the model: `python -m detlite.demo [--preset lite0] [--compile]`.
 
-Builds a preset, runs `model.predict` on a synthetic batch eagerly (and compiled, if asked), and
+Builds a preset, runs the inference step on a synthetic batch eagerly (and compiled, if asked), and
 prints shapes, parameter count and timings. It exists so that a fresh install can be checked in
 seconds; training and evaluation are `train.py` / `eval.py`.
 """
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import config, model
-from .postprocess import DYNAMO_CONFIG
+from .steps import Predictor, StepOptions
 
 
 @dataclass(frozen=True)
@@ -38,26 +38,21 @@ def _time(fn, *args, repeats: int = 3) -> tuple[float, object]:
 
 
 def main(args: DemoArgs) -> None:
-    console = Console()
     cfg = config.preset(args.preset, image_size=args.image_size)
     params = model.init(cfg, seed=0)
-    images = torch.rand(args.batch_size, 3, *cfg.image_size)
-    inputs = model.normalize(images, cfg)
+    images = torch.randint(0, 256, (args.batch_size, 3, *cfg.image_size), dtype=torch.uint8)
     table = Table(title=f"detlite demo: {cfg.name} at {cfg.image_size}, batch {args.batch_size}")
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{model.num_parameters(params):,}")
-    with torch.no_grad():
-        seconds, (dets, counts) = _time(lambda x: model.predict(params, x, cfg), inputs)
-        table.add_row("detections tensor", str(tuple(dets.shape)))
-        table.add_row("detections per image", str(counts.tolist()))
-        table.add_row("eager predict", f"{seconds * 1000:.0f} ms")
-        if args.compile:
-            with torch._dynamo.config.patch(**DYNAMO_CONFIG):
-                compiled = torch.compile(lambda x: model.predict(params, x, cfg), fullgraph=True)
-                seconds, _ = _time(compiled, inputs)
-            table.add_row("compiled predict", f"{seconds * 1000:.0f} ms")
-    console.print(table)
+    seconds, (dets, counts) = _time(Predictor(cfg), params, images)
+    table.add_row("detections tensor", str(tuple(dets.shape)))
+    table.add_row("detections per image", str(counts.tolist()))
+    table.add_row("eager predict", f"{seconds * 1000:.0f} ms")
+    if args.compile:
+        seconds, _ = _time(Predictor(cfg, StepOptions(compile="default")), params, images)
+        table.add_row("compiled predict", f"{seconds * 1000:.0f} ms")
+    Console().print(table)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ def setup(device: str = "auto") -> World:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size, device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, device_id=dev if dev.type == "cuda" else None
+        )
     return World(rank, world_size, local_rank, dev)
 
 

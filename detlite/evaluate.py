@@ -1,137 +1,78 @@
-"""COCO evaluation: detections → COCO results format → the 12 pycocotools metrics."""
+"""Evaluation: weights on an annotated COCO-format split → detections in original-image pixels →
+the 12 COCO metrics; and `run`, everything `eval.py` does.
+
+    split = EvalSplit.open(paths, category_map, image_size=..., batch_size=..., world=world)
+    metrics, results = split.evaluate(predictor, params)
+
+The annotation file is parsed once and shared by the dataset and pycocotools' evaluator. Boxes
+are mapped back with each image's scale, clipped to the original image, and gathered from every
+rank.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-from torch import Tensor
+import tyro
+from rich.console import Console
 
-METRIC_NAMES = (
-    "AP", "AP50", "AP75", "APs", "APm", "APl",
-    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
-)  # fmt: skip
-METRIC_DESCRIPTIONS = (
-    "AP @ IoU 0.50:0.95, all areas",
-    "AP @ IoU 0.50",
-    "AP @ IoU 0.75",
-    "AP small (< 32² px)",
-    "AP medium",
-    "AP large (> 96² px)",
-    "AR, 1 detection per image",
-    "AR, 10 detections per image",
-    "AR, 100 detections per image",
-    "AR small",
-    "AR medium",
-    "AR large",
+from . import checkpoint, distributed
+from .data import (
+    CategoryMap,
+    CocoDetection,
+    EvalDataConfig,
+    SplitPaths,
+    eval_loader,
+    load_coco,
+    val_split,
 )
-# As the reference evaluators: near-zero scores only add evaluation time.
-MIN_SCORE = 0.001
+from .detect import PredictBatch, batch_predictor, detections
+from .draw import draw_results
+from .layers import Params
+from .metrics import coco_metrics, metrics_table, to_coco_results, write_results
+from .predictions import FolderJob, predict_folder
+from .steps import CompileMode, Predictor, StepOptions
 
 
-def to_coco_results(
-    detections: Tensor,
-    counts: Tensor,
-    image_ids: Sequence[int],
-    label_to_category: Sequence[int],
-    min_score: float = MIN_SCORE,
-) -> list[dict]:
-    """Rows (x1, y1, x2, y2, score, label) in original-image pixels → COCO result dicts.
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluate a detlite checkpoint (COCO mAP) or run it on a folder of images."""
 
-    `label_to_category[label]` is the dataset's category id of a contiguous label.
-    """
-    detections = detections.detach().float().cpu()
-    category = np.asarray(label_to_category)
-    results = []
-    for dets, n, image_id in zip(detections, counts.tolist(), image_ids, strict=True):
-        dets = dets[:n]
-        dets = dets[dets[:, 4] >= min_score].numpy()
-        for x1, y1, x2, y2, score, label in dets:
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(category[int(label)]),
-                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                    "score": float(score),
-                }
-            )
-    return results
+    checkpoint: Annotated[Path, tyro.conf.Positional]
+    """A training checkpoint (step-*.safetensors), best.safetensors, or a converted file."""
+    weights: Literal["ema", "params"] = "ema"
+    """For training checkpoints: the EMA weights (as the reference evaluates) or the raw ones."""
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    """Where the val split is (default: the built-in dataset's)."""
+    predict: Path | None = None
+    """A folder of images to run on instead of an annotated split."""
+    draw: int = 0
+    """Write this many images with their detections drawn."""
+    min_score: float = 0.3
+    """Score threshold for drawn boxes and --predict output (metrics use 0.001)."""
+    batch_size: int = 8
+    compile: CompileMode = "off"
+    device: str = "auto"
+    output: Path = Path("runs/eval")
 
 
-def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None) -> dict[str, float]:
-    """The 12 COCO bbox metrics of `results` against `coco_gt` (restricted to `image_ids`)."""
-    if not results:
-        # pycocotools cannot load an empty result list; nothing detected scores zero everywhere.
-        return dict.fromkeys(METRIC_NAMES, 0.0)
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        if image_ids is not None:
-            evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    # pycocotools reports -1 where a metric has no ground truth (e.g. no small objects).
-    return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats, strict=True)}
-
-
-def write_results(path: str | Path, results: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f)
-
-
-def metrics_table(metrics: dict[str, float], title: str = "COCO bbox"):
-    """A rich Table of the 12 metrics."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("meaning")
-    table.add_column("value", justify="right")
-    for name, meaning in zip(METRIC_NAMES, METRIC_DESCRIPTIONS, strict=True):
-        value = metrics.get(name, float("nan"))
-        table.add_row(name, meaning, "n/a" if value < 0 else f"{value:.4f}")
-    return table
-
-
-@torch.no_grad()
-def evaluate(predict_batch, loader, coco_gt: COCO, category_map, device: torch.device) -> tuple[dict[str, float], list[dict]]:
+def evaluate(
+    predict_batch: PredictBatch, loader, coco_gt, category_map: CategoryMap, device: torch.device
+) -> tuple[dict[str, float], list[dict]]:
     """mAP over a COCO split. `predict_batch(batch)` → (detections, counts) in original-image
-    pixels (e.g. `model.predict(..., image_scales=1 / batch["scales"])`); boxes are clipped to
-    each original image here, padding rows skipped, results gathered from every rank."""
-    from .data import DevicePrefetcher
-    from .postprocess import DYNAMO_CONFIG
-
+    pixels (see `batch_predictor`); results are gathered from every rank."""
     results: list[dict] = []
-    with torch._dynamo.config.patch(**DYNAMO_CONFIG):
-        for batch in DevicePrefetcher(loader, device):
-            dets, counts = predict_batch(batch)
-            dets = clip_to_images(dets, batch["orig_sizes"])
-            keep = (batch["image_ids"] >= 0).nonzero().flatten().tolist()
-            results += to_coco_results(
-                dets[keep], counts[keep], batch["image_ids"][keep].tolist(), category_map.ids
-            )
+    for batch, dets, counts in detections(predict_batch, loader, device):
+        keep = (batch["image_ids"] >= 0).nonzero().flatten().tolist()
+        image_ids = batch["image_ids"][keep].tolist()
+        results += to_coco_results(dets[keep], counts[keep], image_ids, category_map.ids)
     results = gather_results(results)
     return coco_metrics(coco_gt, results, coco_gt.getImgIds()), results
-
-
-def clip_to_images(dets: Tensor, orig_sizes: Tensor) -> Tensor:
-    """Clip mapped-back boxes to each original image (the canvas padding maps outside it)."""
-    h = orig_sizes[:, 0].to(dets.dtype).view(-1, 1)
-    w = orig_sizes[:, 1].to(dets.dtype).view(-1, 1)
-    boxes = dets[..., :4].clone()
-    boxes[..., 0::2] = torch.minimum(boxes[..., 0::2].clamp(min=0), w.unsqueeze(-1))
-    boxes[..., 1::2] = torch.minimum(boxes[..., 1::2].clamp(min=0), h.unsqueeze(-1))
-    return torch.cat([boxes, dets[..., 4:]], dim=-1)
 
 
 @torch.no_grad()
@@ -142,3 +83,106 @@ def gather_results(local: list[dict]) -> list[dict]:
     gathered: list[list[dict] | None] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, local)
     return [r for part in gathered for r in (part or [])]
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """An annotated split ready for evaluation: dataset, parsed annotations, sharded loader."""
+
+    dataset: CocoDetection
+    coco: Any
+    """The pycocotools `COCO` of the annotation file (parsed once, shared with the dataset)."""
+    loader: Any
+    device: torch.device
+
+    @property
+    def category_map(self) -> CategoryMap:
+        return self.dataset.category_map
+
+    @classmethod
+    def open(
+        cls,
+        paths: SplitPaths,
+        category_map: CategoryMap | Callable[[CategoryMap], CategoryMap] | None,
+        *,
+        image_size: tuple[int, int],
+        batch_size: int,
+        world: distributed.World,
+        num_workers: int,
+    ) -> EvalSplit:
+        """`category_map`: the labels to use, or a function of the file's own categories that
+        picks them (None: the file's own)."""
+        coco = load_coco(paths.annotations)
+        if callable(category_map):
+            category_map = category_map(CategoryMap.of_coco(coco))
+        dataset = CocoDetection(paths.annotations, paths.images, category_map, coco=coco)
+        loader = eval_loader(
+            dataset,
+            image_size=image_size,
+            batch_size=batch_size,
+            rank=world.rank,
+            world_size=world.world_size,
+            num_workers=num_workers,
+        )
+        return cls(dataset, coco, loader, world.device)
+
+    def evaluate(self, predictor: Predictor, params: Params) -> tuple[dict[str, float], list[dict]]:
+        return evaluate(
+            batch_predictor(predictor, params),
+            self.loader,
+            self.coco,
+            self.category_map,
+            self.device,
+        )
+
+
+def run(cfg: EvalConfig) -> dict:
+    """eval.py: evaluate a checkpoint on a split, or predict on a folder (`--predict`)."""
+    world = distributed.setup(cfg.device)
+    try:
+        params, mcfg = checkpoint.load(cfg.checkpoint, device=world.device, weights=cfg.weights)
+        predictor = Predictor(mcfg, StepOptions(compile=cfg.compile), world.device)
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        if cfg.predict is not None:
+            job = FolderJob(
+                cfg.predict, cfg.checkpoint, cfg.output, cfg.batch_size, cfg.draw, cfg.min_score
+            )
+            return predict_folder(job, predictor, params, world.device)
+        return _evaluate_checkpoint(cfg, predictor, params, world)
+    finally:
+        distributed.teardown()
+
+
+def _evaluate_checkpoint(cfg: EvalConfig, predictor: Predictor, params: Params, world) -> dict:
+    paths = val_split(cfg.data)
+    assert paths is not None  # evaluation falls back to the built-in val split
+    num_classes = predictor.cfg.num_classes
+    split = EvalSplit.open(
+        paths,
+        lambda file_map: checkpoint.category_map(cfg.checkpoint, num_classes, file_map),
+        image_size=predictor.cfg.image_size,
+        batch_size=cfg.batch_size,
+        world=world,
+        num_workers=cfg.data.num_workers,
+    )
+    metrics, results = split.evaluate(predictor, params)
+    if world.is_main:
+        _report(cfg, paths, split, metrics, results)
+    return metrics
+
+
+def _report(cfg: EvalConfig, paths: SplitPaths, split: EvalSplit, metrics, results) -> None:
+    console = Console()
+    out = Path(cfg.output)
+    write_results(out / "detections.json", results)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    title = f"COCO bbox: {cfg.checkpoint.name} on {paths.annotations.name}"
+    console.print(metrics_table(metrics, title=title))
+    console.print(
+        f"wrote {out / 'metrics.json'} and {out / 'detections.json'} ({len(results)} detections)"
+    )
+    if cfg.draw:
+        count = draw_results(
+            split.dataset, results, split.category_map, out / "draw", cfg.draw, cfg.min_score
+        )
+        console.print(f"drew {count} images into {out / 'draw'}")

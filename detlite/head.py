@@ -25,12 +25,12 @@ def forward(
 ) -> list[Tensor]:
     """Run head `name` ("class_head" or "box_head") over every pyramid level."""
     outputs = []
-    for l, x in enumerate(levels):
+    for level, x in enumerate(levels):
         for r in range(cfg.head_repeats):
             x = _separable_conv(params, f"{name}.convs.{r}", x)
             x = batch_norm(
                 params,
-                f"{name}.bns.{r}.{l}",
+                f"{name}.bns.{r}.{level}",
                 x,
                 training=training,
                 momentum=cfg.bn_momentum,
@@ -53,8 +53,8 @@ def init(cfg: ModelConfig, name: str, outputs_per_anchor: int, gen: torch.Genera
 
     for r in range(cfg.head_repeats):
         separable(f"{name}.convs.{r}", ch, cfg.redundant_bias)
-        for l in range(cfg.num_levels):
-            init_batch_norm(params, f"{name}.bns.{r}.{l}", ch)
+        for level in range(cfg.num_levels):
+            init_batch_norm(params, f"{name}.bns.{r}.{level}", ch)
     separable(f"{name}.predict", outputs_per_anchor * cfg.num_anchors, True)
     if name == "class_head":
         params[f"{name}.predict.pw.bias"].fill_(-math.log((1 - CLASS_PRIOR) / CLASS_PRIOR))

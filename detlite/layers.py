@@ -109,7 +109,7 @@ def init_batch_norm(params: Params, prefix: str, channels: int) -> None:
 
 
 def fans(shape: tuple[int, ...], groups: int = 1) -> tuple[int, int]:
-    """(fan_in, fan_out) of a conv weight, with fan_out per group as the TF initialisers count it."""
+    """(fan_in, fan_out) of a conv weight, fan_out per group as the TF initialisers count it."""
     receptive = math.prod(shape[2:])
     return shape[1] * receptive, shape[0] * receptive // groups
 

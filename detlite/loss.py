@@ -1,57 +1,29 @@
 """Detection loss: sigmoid focal loss over classes plus Huber loss over box codes.
 
-The focal loss runs as the fused operator `detlite::sigmoid_focal_loss` (`loss.fused=True`, the
-default; see detlite/ops) or as the plain PyTorch expression `plain_focal_loss`, which
-materialises [B, A, C] temporaries and is kept as the reference the fused operator must match.
+The focal loss is the operator `detlite::sigmoid_focal_loss` (see detlite/ops); the tests hold
+a plain PyTorch expression of it as the reference it must match.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from detlite import ops
 from detlite.config import LossConfig, ModelConfig
-from detlite.targets import IGNORED
 
 
 def focal_loss(logits: Tensor, cls_targets: Tensor, loss_cfg: LossConfig) -> Tensor:
     """Un-normalised focal loss summed over anchors and classes (float32 scalar).
 
-    logits [B, A, C]; cls_targets [B, A] (class >= 0, -1 background, -2 ignored). Uses the fused
-    operator when `loss_cfg.fused`, else `plain_focal_loss`; both compute in float32.
+    logits [B, A, C] (any float dtype; computed in float32); cls_targets [B, A] (class >= 0,
+    `BACKGROUND`, or `IGNORE` for no loss). Runs as the operator `detlite::sigmoid_focal_loss`,
+    which never materialises [B, A, C] temporaries on the GPU.
     """
-    if loss_cfg.fused:
-        per_image = ops.sigmoid_focal_loss(
-            logits, cls_targets, loss_cfg.alpha, loss_cfg.gamma, loss_cfg.label_smoothing
-        )
-        return per_image.sum().to(torch.float32)
-    return plain_focal_loss(logits, cls_targets, loss_cfg)
-
-
-def plain_focal_loss(logits: Tensor, cls_targets: Tensor, loss_cfg: LossConfig) -> Tensor:
-    """Un-normalised focal loss summed over anchors and classes (float32 scalar), plain PyTorch.
-
-    logits [B, A, C]; cls_targets [B, A] (class >= 0, -1 background, -2 ignored). The modulating
-    factor and alpha use the hard 0/1 target; only the cross-entropy target is label-smoothed,
-    so smoothing does not inflate the loss of easy negatives.
-    """
-    logits = logits.float()
-    classes = torch.arange(logits.shape[-1], device=logits.device)
-    target = (cls_targets.unsqueeze(-1) == classes).to(torch.float32)
-
-    prob = logits.sigmoid()
-    p_t = target * prob + (1.0 - target) * (1.0 - prob)
-    alpha_t = target * loss_cfg.alpha + (1.0 - target) * (1.0 - loss_cfg.alpha)
-    modulating = (1.0 - p_t) ** loss_cfg.gamma
-    smoothing = loss_cfg.label_smoothing
-    bce_target = target * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else target
-    ce = F.binary_cross_entropy_with_logits(logits, bce_target, reduction="none")
-
-    loss = alpha_t * modulating * ce
-    counted = (cls_targets != IGNORED).unsqueeze(-1)
-    return torch.where(counted, loss, 0.0).sum()
+    per_image = ops.sigmoid_focal_loss(
+        logits, cls_targets, loss_cfg.alpha, loss_cfg.gamma, loss_cfg.label_smoothing
+    )
+    return per_image.sum().to(torch.float32)
 
 
 def box_loss(box_outputs: Tensor, box_targets: Tensor, delta: float) -> Tensor:

@@ -40,7 +40,9 @@ def normalize(images: Tensor, cfg: ModelConfig) -> Tensor:
     return (images - mean) / std
 
 
-def backbone(params: Params, images: Tensor, cfg: ModelConfig, *, training: bool = False) -> list[Tensor]:
+def backbone(
+    params: Params, images: Tensor, cfg: ModelConfig, *, training: bool = False
+) -> list[Tensor]:
     """Backbone features at strides 8, 16, 32."""
     return backbone_lib.forward(
         params, images, cfg.backbone, training=training, bn_momentum=cfg.bn_momentum
@@ -78,4 +80,6 @@ def predict(
 
 def num_parameters(params: Params) -> int:
     """Learnable parameters (BatchNorm running statistics excluded)."""
-    return sum(v.numel() for k, v in params.items() if not k.endswith(("running_mean", "running_var")))
+    return sum(
+        v.numel() for k, v in params.items() if not k.endswith(("running_mean", "running_var"))
+    )

@@ -68,7 +68,9 @@ def trainable_names(params: dict[str, Tensor], freeze_prefixes: tuple[str, ...] 
     ]
 
 
-def make_sgd(params: dict[str, Tensor], names: list[str], cfg: OptimConfig, lr: float) -> torch.optim.SGD:
+def make_sgd(
+    params: dict[str, Tensor], names: list[str], cfg: OptimConfig, lr: float
+) -> torch.optim.SGD:
     """SGD over `names`, with weight decay only on tensors of 2+ dims."""
     decay = [params[k] for k in names if params[k].dim() > 1]
     no_decay = [params[k] for k in names if params[k].dim() <= 1]

@@ -4,32 +4,20 @@ Output rows are `x1, y1, x2, y2, score, class` (class 0-based, as float); each i
 `cfg.postprocess.max_det` rows, the first `counts[b]` of them real, sorted by score (descending,
 ties by lower candidate index), the rest zero with class -1.
 
-NMS is class-aware at IoU `cfg.postprocess.nms_iou`. With `postprocess.nms="detlite"` (the
-default) it is the operator `detlite::batched_nms` (detlite/ops): the whole batch in one call
-with a fixed-size result, on a CUDA kernel where the library is built, and nothing for the
-compiler to special-case. With `"torchvision"` it is torchvision's `nms` per image, whose output
-has a data-dependent size that is immediately turned back into a static boolean mask; compiling
-that path with `fullgraph=True` needs dynamo to capture the op: use `compile_postprocess`, or
-wrap your own compiled caller in `torch._dynamo.config.patch(**DYNAMO_CONFIG)` (harmless for the
-default path).
+NMS is class-aware at IoU `cfg.postprocess.nms_iou`, through the operator `detlite::batched_nms`
+(detlite/ops): the whole batch in one call with a fixed-size result, on a CUDA kernel where the
+library is built. No shape depends on the data, so `postprocess` compiles with `fullgraph=True`
+and no special compiler settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
-from torchvision.ops import nms
 
 from detlite import ops
 from detlite.anchors import decode, flatten_outputs
 from detlite.config import ModelConfig
-
-# Dynamo settings under which `postprocess` compiles with fullgraph=True (needed by the
-# torchvision NMS path only).
-DYNAMO_CONFIG: dict[str, Any] = {"capture_dynamic_output_shape_ops": True}
 
 
 def _top_candidates(
@@ -51,24 +39,7 @@ def _top_candidates(
     return boxes, logits.float(), classes
 
 
-def _nms_keep_mask(boxes: Tensor, scores: Tensor, classes: Tensor, cfg: ModelConfig) -> Tensor:
-    """Class-aware NMS of one image's candidates as a boolean mask [K].
-
-    Boxes of different classes are shifted apart by more than the image size so that one plain
-    `nms` call never lets them suppress each other (torchvision's batched_nms would loop over
-    classes on the CPU, which breaks fullgraph). The shift is done in float64: in float32 an
-    offset of ~90 * 512 would cost ~1e-2 px of precision and flip IoU decisions near the
-    threshold; float64 holds the shifted float32 coordinates exactly.
-    """
-    offset = float(max(cfg.image_size) + 1)
-    shifted = boxes.double() + (classes.double() * offset).unsqueeze(-1)
-    kept = nms(shifted, scores.double(), cfg.postprocess.nms_iou)
-    return torch.zeros_like(scores, dtype=torch.bool).index_fill(0, kept, True)
-
-
-def _detlite_nms(
-    boxes: Tensor, logits: Tensor, classes: Tensor, cfg: ModelConfig
-) -> tuple[Tensor, Tensor]:
+def _nms(boxes: Tensor, logits: Tensor, classes: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor]:
     """Candidate indices of the detections [B, max_det] (0 past the count) and counts [B].
 
     The op visits candidates by logit, which orders them as the sigmoid scores do (it is
@@ -78,29 +49,6 @@ def _detlite_nms(
     pp = cfg.postprocess
     keep, counts = ops.batched_nms(boxes, logits, classes, pp.nms_iou, pp.max_det)
     return keep.clamp(min=0), counts
-
-
-def _torchvision_nms(
-    boxes: Tensor, scores: Tensor, classes: Tensor, cfg: ModelConfig
-) -> tuple[Tensor, Tensor]:
-    """Candidate indices of the detections [B, min(max_det, K)] and counts [B], with torchvision.
-
-    Rows past a count index suppressed candidates; the caller masks them out.
-    """
-    batch, num_candidates = scores.shape
-    max_det = cfg.postprocess.max_det
-    # NMS is per image (its cost is quadratic in the candidates, so one call over the whole
-    # batch would be B times slower); B is static, so this loop unrolls under compile.
-    keep = torch.stack(
-        [_nms_keep_mask(boxes[b], scores[b], classes[b], cfg) for b in range(batch)]
-    )
-    counts = keep.sum(dim=1).clamp(max=max_det)
-
-    # Suppressed candidates sink below every sigmoid score; a stable sort then ranks kept ones
-    # by score with ties going to the lower candidate index (= the higher or equal logit).
-    ranked = torch.where(keep, scores, -1.0)
-    order = ranked.sort(dim=1, descending=True, stable=True).indices
-    return order[:, : min(max_det, num_candidates)], counts
 
 
 def postprocess(
@@ -126,12 +74,7 @@ def postprocess(
     cls_flat, box_flat = flatten_outputs(cls_outputs, box_outputs, cfg)
     boxes, logits, classes = _top_candidates(cls_flat, box_flat, anchors, cfg)
     scores = logits.sigmoid()
-    if cfg.postprocess.nms == "detlite":
-        order, counts = _detlite_nms(boxes, logits, classes, cfg)
-    elif cfg.postprocess.nms == "torchvision":
-        order, counts = _torchvision_nms(boxes, scores, classes, cfg)
-    else:
-        raise ValueError(f"postprocess.nms must be detlite or torchvision: {cfg.postprocess.nms!r}")
+    order, counts = _nms(boxes, logits, classes, cfg)
     batch = scores.shape[0]
     max_det = cfg.postprocess.max_det
 
@@ -148,17 +91,3 @@ def postprocess(
     empty_row = rows.new_tensor([0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
     detections = torch.where(valid.unsqueeze(-1), rows, empty_row)
     return detections, counts
-
-
-def compile_postprocess(**compile_kwargs: Any) -> Callable[..., tuple[Tensor, Tensor]]:
-    """`postprocess` compiled with fullgraph=True; calls run under `DYNAMO_CONFIG`.
-
-    Extra keyword arguments go to `torch.compile` (e.g. `backend=`, `mode=`).
-    """
-    compiled = torch.compile(postprocess, fullgraph=True, **compile_kwargs)
-
-    def run(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        with torch._dynamo.config.patch(**DYNAMO_CONFIG):
-            return compiled(*args, **kwargs)
-
-    return run

@@ -1,9 +1,10 @@
 """Batched anchor assignment on the device: ground truth -> per-anchor class and box targets.
 
 Ground truth is padded to a fixed number of rows M: `gt_boxes [B, M, 4]` (x1, y1, x2, y2 in input
-pixels) and `gt_labels [B, M]` with class ids >= 0, `-1` for padding and `-2` for crowd / ignore
-regions. Everything is computed for the whole batch at once with static shapes, so it compiles
-with `fullgraph=True` and runs next to the model instead of in data-loader workers.
+pixels) and `gt_labels [B, M]` with class ids >= 0, `BACKGROUND` (-1) for padding and `IGNORE` (-2)
+for crowd / ignore regions (detlite.labels). Everything is computed for the whole batch at once
+with static shapes, so it compiles with `fullgraph=True` and runs next to the model instead of in
+data-loader workers.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from torchvision.ops import box_area, box_iou
 
 from detlite.anchors import encode
 from detlite.config import ModelConfig
-
-BACKGROUND = -1
-IGNORED = -2
+from detlite.labels import BACKGROUND, IGNORE
 
 
 def _match_anchors(iou: Tensor, real: Tensor, cfg: ModelConfig) -> Tensor:
-    """Per anchor, the index of its matched gt row, or BACKGROUND / IGNORED. [B, A] int64.
+    """Per anchor, the index of its matched gt row, or BACKGROUND / IGNORE. [B, A] int64.
 
     Reproduces the reference ArgMaxMatcher with force_match_for_each_row: every anchor takes its
     highest-IoU real box (first such row on ties) and is positive at >= match_threshold,
@@ -33,7 +32,7 @@ def _match_anchors(iou: Tensor, real: Tensor, cfg: ModelConfig) -> Tensor:
     iou_real = torch.where(real.unsqueeze(-1), iou, -1.0)
     best_iou, best_row = iou_real.max(dim=1)
     loss_cfg = cfg.loss
-    match = torch.where(best_iou >= loss_cfg.match_threshold, best_row, IGNORED)
+    match = torch.where(best_iou >= loss_cfg.match_threshold, best_row, IGNORE)
     match = torch.where(best_iou < loss_cfg.unmatch_threshold, BACKGROUND, match)
 
     best_anchor = iou.argmax(dim=2)  # [B, M]
@@ -78,7 +77,7 @@ def assign(
     """
     gt_boxes = gt_boxes.to(anchors.dtype)
     real = gt_labels >= 0
-    crowd = gt_labels == IGNORED
+    crowd = gt_labels == IGNORE
     # box_iou broadcasts [B, M, 4] against the shared [A, 4] anchors into [B, M, A].
     iou = box_iou(gt_boxes, anchors)
 
@@ -90,7 +89,7 @@ def assign(
 
     # Anchors a crowd region mostly covers would otherwise be trained as confident negatives.
     covered = _crowd_coverage(gt_boxes, anchors, crowd) >= cfg.loss.crowd_ioa_threshold
-    cls_targets = torch.where(covered & (cls_targets == BACKGROUND), IGNORED, cls_targets)
+    cls_targets = torch.where(covered & (cls_targets == BACKGROUND), IGNORE, cls_targets)
 
     matched_boxes = gt_boxes.gather(1, row.unsqueeze(-1).expand(-1, -1, 4))
     codes = encode(matched_boxes, anchors)

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .data import DataConfig
 from .optim import OptimConfig, ScheduleConfig
+from .steps import CompileMode, Precision
+
+BENCHMARK_WARMUP_STEPS = 3
+"""Steps a benchmark runs (compiling, warming caches) before it starts timing."""
 
 
 @dataclass(frozen=True)
@@ -32,33 +37,12 @@ class ModelChoice:
     freeze: Literal["none", "backbone"] = "none"
     """Keep these weights fixed (their BatchNorm statistics still update)."""
     fused_ops: bool = True
-    """Use detlite's fused focal loss and NMS operators (False: the plain-PyTorch path)."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """COCO-format data; with nothing set, the built-in dataset is used."""
-
-    root: Path | None = None
-    """A COCO root with annotations/instances_{train,val}2017.json and {train,val}2017/."""
-    train_json: Path | None = None
-    train_images: Path | None = None
-    val_json: Path | None = None
-    val_images: Path | None = None
-    builtin_dir: Path | None = None
-    """Where the built-in dataset is written (default ~/.cache/detlite/builtin-v1)."""
-    max_boxes: int = 100
-    """Ground-truth boxes kept per image (the largest; the overflow is counted and logged)."""
-    scale_min: float = 0.1
-    scale_max: float = 2.0
-    """Random scale jitter of the input size (the paper's 0.1–2.0)."""
-    hflip: float = 0.5
-    num_workers: int = 2
+    """Deprecated, no effect: the detlite operators are the only focal-loss and NMS path."""
 
 
 @dataclass(frozen=True)
 class PrecisionConfig:
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: Precision = "fp32"
     """Autocast dtype for forward and loss (fp16 uses a GradScaler)."""
     tf32: bool = True
     """Allow TF32 matmuls/convolutions on Ampere+ GPUs."""
@@ -83,7 +67,7 @@ class TrainConfig:
     """Images per step on each process (global batch = batch_size × world size)."""
     eval_batch_size: int | None = None
     """Default: batch_size."""
-    compile: Literal["off", "default", "max-autotune"] = "default"
+    compile: CompileMode = "default"
     """torch.compile mode for the training and inference steps."""
     device: str = "auto"
     """"auto" = cuda:LOCAL_RANK when CUDA is available, else cpu."""
@@ -102,7 +86,8 @@ class TrainConfig:
     log_every: int = 10
     """Steps between progress updates and metrics.jsonl records (each one syncs the device)."""
     benchmark: int = 0
-    """Benchmark mode: time this many steps (after warm-up), print img/s; no checkpoints, no eval."""
+    """Benchmark mode: time this many steps (after 3 warm-up steps), print img/s as JSON; no
+    checkpoints, no eval."""
     skip_eval: bool = False
     """Do not evaluate at the end."""
 

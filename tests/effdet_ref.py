@@ -10,10 +10,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub from tests
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import torch
+from torch import Tensor
 
-from detlite.config import ModelConfig  # noqa: E402
+from detlite.config import ModelConfig
 
 
 def swap_xy(boxes: Tensor) -> Tensor:
@@ -63,7 +63,7 @@ def effdet_targets(cfg: ModelConfig, gt_boxes: Tensor, gt_labels: Tensor):
     )
     boxes = [swap_xy(b) for b in gt_boxes]
     # effdet labels are 1-based and its labeler drops rows labelled <= -1.
-    labels = [torch.where(l >= 0, l + 1, -1).to(torch.float32) for l in gt_labels]
+    labels = [torch.where(c >= 0, c + 1, -1).to(torch.float32) for c in gt_labels]
     cls_levels, box_levels, num_pos = labeler.batch_label_anchors(boxes, labels)
     batch = gt_boxes.shape[0]
     cls = torch.cat([c.reshape(batch, -1) for c in cls_levels], dim=1)

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from detlite import config, model
-from detlite.postprocess import DYNAMO_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def test_compiled_forward_matches_eager(small):
 
 def test_compiled_predict_matches_eager(small):
     cfg, params, images = small
-    with torch._dynamo.config.patch(**DYNAMO_CONFIG), torch.no_grad():
+    with torch.no_grad():
         compiled = torch.compile(lambda x: model.predict(params, x, cfg), fullgraph=True)
         dets, counts = compiled(images)
         eager_dets, eager_counts = model.predict(params, images, cfg)

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
 
-from detlite.data.coco import Sample
-from detlite.data.loader import (
+from detlite.data import (
     DevicePrefetcher,
     EpochBatchSampler,
     ImageFolder,
@@ -19,6 +18,7 @@ from detlite.data.loader import (
     epoch_permutation,
     eval_loader,
 )
+from detlite.data.coco import Sample
 
 
 class FakeDataset:

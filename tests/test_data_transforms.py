@@ -65,7 +65,7 @@ def test_scale_and_crop_keep_boxes_on_their_pixels(seed: int, scale_range) -> No
     )
     assert canvas.shape == (3, 160, 160) and canvas.dtype == torch.uint8
     white = _white(canvas)
-    for box, label in zip(out_boxes, out_labels):
+    for box, label in zip(out_boxes, out_labels, strict=True):
         # Each output box must cover the white pixels inside it: compare with the tight box
         # of the white pixels in a region around it.
         x1, y1, x2, y2 = box.tolist()
@@ -89,7 +89,7 @@ def test_train_transform_is_a_function_of_the_seed() -> None:
     a = train_transform(image, boxes, labels, 128, rng_seed=7)
     b = train_transform(image, boxes, labels, 128, rng_seed=7)
     c = train_transform(image, boxes, labels, 128, rng_seed=8)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], c[0])
 
 

@@ -11,7 +11,8 @@ from torchvision.io import write_jpeg
 from detlite import anchors as anchors_lib
 from detlite import config, targets
 from detlite.data import CocoDetection, eval_loader
-from detlite.evaluate import coco_metrics, evaluate, to_coco_results
+from detlite.evaluate import evaluate
+from detlite.metrics import coco_metrics, to_coco_results
 from detlite.postprocess import postprocess
 
 # (width, height) of each image and its non-overlapping boxes [x, y, w, h, category id]: several
@@ -66,7 +67,9 @@ def test_ground_truth_as_detections_scores_map_one(dataset):
         # Ground truth in model pixels → the raw outputs a perfect model would give.
         gt_boxes = torch.zeros(len(batch["image_ids"]), 8, 4)
         gt_labels = torch.full((len(batch["image_ids"]), 8), -1)
-        for row, (image_id, scale) in enumerate(zip(batch["image_ids"].tolist(), batch["scales"])):
+        for row, (image_id, scale) in enumerate(
+            zip(batch["image_ids"].tolist(), batch["scales"], strict=True)
+        ):
             if image_id < 0:
                 continue
             boxes, labels = ds.annotations(index_of[image_id])
@@ -75,12 +78,20 @@ def test_ground_truth_as_detections_scores_map_one(dataset):
         cls_t, box_t, _ = targets.assign(anchors, gt_boxes, gt_labels, cfg)
         logits = torch.full((*cls_t.shape, cfg.num_classes), -20.0)
         positive = cls_t >= 0
-        logits[positive] = torch.nn.functional.one_hot(cls_t[positive], cfg.num_classes) * 40.0 - 20.0
+        logits[positive] = (
+            torch.nn.functional.one_hot(cls_t[positive], cfg.num_classes) * 40.0 - 20.0
+        )
         return postprocess(
-            _levels(logits, cfg), _levels(box_t, cfg), anchors, cfg, image_scales=1.0 / batch["scales"]
+            _levels(logits, cfg),
+            _levels(box_t, cfg),
+            anchors,
+            cfg,
+            image_scales=1.0 / batch["scales"],
         )
 
-    metrics, results = evaluate(predict_batch, loader, COCO(str(gt_json)), ds.category_map, torch.device("cpu"))
+    metrics, results = evaluate(
+        predict_batch, loader, COCO(str(gt_json)), ds.category_map, torch.device("cpu")
+    )
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
     assert {r["category_id"] for r in results} == {3, 7, 90}  # original ids, not labels
 
@@ -94,4 +105,41 @@ def test_no_detections_scores_zero(dataset):
 def test_results_use_original_ids_and_xywh():
     dets = torch.tensor([[[10.0, 20.0, 50.0, 80.0, 0.9, 1.0], [0, 0, 0, 0, 0.0005, 0.0]]])
     results = to_coco_results(dets, torch.tensor([2]), [42], label_to_category=[5, 17])
-    assert results == [{"image_id": 42, "category_id": 17, "bbox": [10.0, 20.0, 40.0, 60.0], "score": pytest.approx(0.9)}]
+    assert results == [
+        {
+            "image_id": 42,
+            "category_id": 17,
+            "bbox": [10.0, 20.0, 40.0, 60.0],
+            "score": pytest.approx(0.9),
+        }
+    ]
+
+
+def test_a_split_parses_its_annotation_file_once(dataset, monkeypatch):
+    import pycocotools.coco
+
+    from detlite import distributed
+    from detlite.data import SplitPaths
+    from detlite.evaluate import EvalSplit
+
+    gt_json, image_dir = dataset
+    parsed = []
+
+    class CountingCOCO(pycocotools.coco.COCO):
+        def __init__(self, annotation_file=None):
+            parsed.append(annotation_file)
+            super().__init__(annotation_file)
+
+    monkeypatch.setattr(pycocotools.coco, "COCO", CountingCOCO)
+    world = distributed.World(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    split = EvalSplit.open(
+        SplitPaths(gt_json, image_dir),
+        lambda file_map: file_map,
+        image_size=(128, 128),
+        batch_size=2,
+        world=world,
+        num_workers=0,
+    )
+    assert parsed == [str(gt_json)]
+    assert split.category_map.ids == (3, 7, 90) and len(split.dataset) == 4
+    assert split.coco.getImgIds() == [1, 2, 3, 4]

@@ -9,9 +9,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 effdet = pytest.importorskip("effdet")
 
+from effdet_ref import randomize_batch_norm  # noqa: E402
+
 from detlite import config, model  # noqa: E402
 from detlite.weights.effdet_format import from_effdet  # noqa: E402
-from effdet_ref import randomize_batch_norm  # noqa: E402
 
 SIZE = 256
 VARIANTS = [
@@ -23,7 +24,6 @@ VARIANTS = [
 ]
 
 
-
 def no_drop_path(cfg: config.ModelConfig) -> config.ModelConfig:
     return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, drop_path_rate=0.0))
 
@@ -32,7 +32,7 @@ def effdet_model(name: str) -> torch.nn.Module:
     ecfg = effdet.get_efficientdet_config(name)
     ecfg.image_size = (SIZE, SIZE)
     ecfg.num_classes = 90
-    ecfg.backbone_args = dict(drop_path_rate=0.0)
+    ecfg.backbone_args = {"drop_path_rate": 0.0}
     ref = effdet.EfficientDet(ecfg, pretrained_backbone=False)
     randomize_batch_norm(ref, seed=1)
     return ref
@@ -106,9 +106,13 @@ def test_drop_path_only_in_training():
         eval_a = model.forward(params, images, cfg)[0][0]
         eval_b = model.forward(params, images, cfg)[0][0]
         torch.manual_seed(0)
-        train_a = model.forward({k: v.clone() for k, v in params.items()}, images, cfg, training=True)[0][0]
+        train_a = model.forward(
+            {k: v.clone() for k, v in params.items()}, images, cfg, training=True
+        )[0][0]
         torch.manual_seed(1)
-        train_b = model.forward({k: v.clone() for k, v in params.items()}, images, cfg, training=True)[0][0]
+        train_b = model.forward(
+            {k: v.clone() for k, v in params.items()}, images, cfg, training=True
+        )[0][0]
     assert torch.equal(eval_a, eval_b)
     assert not torch.allclose(train_a, train_b)
 

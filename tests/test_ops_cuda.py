@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nms_inputs import random_candidates
 
 from detlite import ops
-from nms_inputs import random_candidates
 
 pytestmark = [
     pytest.mark.cuda,

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torchvision
 from effdet_ref import random_head_outputs
+from nms_inputs import random_candidates
+from oracles import with_torchvision_nms
 
 from detlite import config, ops
-from nms_inputs import random_candidates
-
 from detlite.anchors import generate_anchors
-from detlite.postprocess import compile_postprocess, postprocess
+from detlite.postprocess import postprocess
 
 OP = torch.ops.detlite.batched_nms.default
 
@@ -161,20 +161,17 @@ def _head_outputs(cfg, batch, seed, *, spread=False):
 
 
 @pytest.mark.parametrize("num_classes, points, spread", [(90, 5000, False), (2, 110, True)])
-def test_postprocess_detlite_equals_torchvision_path(num_classes, points, spread):
+def test_postprocess_equals_torchvision_nms_path(num_classes, points, spread):
     cfg = config.preset("d0", image_size=256, num_classes=num_classes)
     cfg = dataclasses.replace(
         cfg, postprocess=dataclasses.replace(cfg.postprocess, max_detection_points=points)
     )
-    tv_cfg = dataclasses.replace(
-        cfg, postprocess=dataclasses.replace(cfg.postprocess, nms="torchvision")
-    )
-    assert cfg.postprocess.nms == "detlite"
     cls_maps, box_maps = _head_outputs(cfg, 3, seed=5, spread=spread)
     anchors = generate_anchors(cfg)
     scales = torch.tensor([1.0, 0.5, 2.0])
     ours = postprocess(cls_maps, box_maps, anchors, cfg, scales)
-    reference = postprocess(cls_maps, box_maps, anchors, tv_cfg, scales)
+    with with_torchvision_nms():
+        reference = postprocess(cls_maps, box_maps, anchors, cfg, scales)
     assert torch.equal(ours[1], reference[1])
     assert torch.equal(ours[0], reference[0])
     if spread:
@@ -187,14 +184,16 @@ def test_compiled_postprocess_through_the_op():
     anchors = generate_anchors(cfg)
     eager = postprocess(cls_maps, box_maps, anchors, cfg)
     torch._dynamo.reset()
-    # Plain torch.compile, no DYNAMO_CONFIG: the detlite path has no data-dependent shapes.
+    # Plain torch.compile, no special dynamo settings: no shape depends on the data.
     compiled = torch.compile(
         lambda c, b: postprocess(c, b, anchors, cfg), fullgraph=True, backend="aot_eager"
     )
     detections, counts = compiled(cls_maps, box_maps)
     assert torch.equal(counts, eager[1])
     torch.testing.assert_close(detections, eager[0], rtol=0, atol=0)
-    # compile_postprocess (which patches DYNAMO_CONFIG) works for it as well.
+    # The module function itself, compiled with its arguments as inputs.
     torch._dynamo.reset()
-    again = compile_postprocess(backend="aot_eager")(cls_maps, box_maps, anchors, cfg)
+    again = torch.compile(postprocess, fullgraph=True, backend="aot_eager")(
+        cls_maps, box_maps, anchors, cfg
+    )
     assert torch.equal(again[1], eager[1])

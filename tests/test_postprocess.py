@@ -12,7 +12,7 @@ from effdet_ref import effdet_anchors, random_head_outputs
 from detlite import config
 from detlite.anchors import generate_anchors
 from detlite.config import ModelConfig
-from detlite.postprocess import compile_postprocess, postprocess
+from detlite.postprocess import postprocess
 
 
 def _effdet_detections(cls_maps, box_maps, cfg: ModelConfig, image_scales: torch.Tensor):
@@ -109,7 +109,9 @@ def test_compiled_fullgraph_equals_eager(backend):
     scales = torch.tensor([0.5, 3.0])
     eager = postprocess(cls_maps, box_maps, anchors, cfg, scales)
     torch._dynamo.reset()
-    compiled = compile_postprocess(backend=backend)(cls_maps, box_maps, anchors, cfg, scales)
+    compiled = torch.compile(postprocess, fullgraph=True, backend=backend)(
+        cls_maps, box_maps, anchors, cfg, scales
+    )
     assert torch.equal(compiled[1], eager[1])
     # Inductor may fuse the decode arithmetic differently (a few ulp of a ~1000 px coordinate).
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-6, atol=1e-4)

@@ -94,7 +94,7 @@ def test_padding_rows_are_inert(cfg, anchors, batch):
         torch.cat([labels, torch.full((4, 16), -1)], dim=1),
         cfg,
     )
-    for ours, theirs in zip(padded, expected):
+    for ours, theirs in zip(padded, expected, strict=True):
         assert torch.equal(ours, theirs)
 
 
@@ -156,7 +156,7 @@ def test_loss_equals_effdet(cfg, anchors, batch, reference_targets, label_smooth
     cls_t, box_t, num_pos = assign(anchors, boxes, labels, cfg)
     cls_flat, box_flat = flatten_outputs(cls_maps, box_maps, cfg)
     ours = detection_loss(cls_flat, box_flat, cls_t, box_t, num_pos, cfg)
-    for value, ref in zip(ours, reference):
+    for value, ref in zip(ours, reference, strict=True):
         assert value.dtype == torch.float32 and value.ndim == 0
         torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
 
@@ -201,7 +201,7 @@ def test_half_logits_are_computed_in_float32(cfg, anchors, batch):
     upcast = detection_loss(
         cls_flat.half().float(), box_flat.half().float(), cls_t, box_t, num_pos, cfg
     )
-    for h, f in zip(half, upcast):
+    for h, f in zip(half, upcast, strict=True):
         assert h.dtype == torch.float32
         torch.testing.assert_close(h, f, rtol=0, atol=0)
 
@@ -222,7 +222,7 @@ def test_compiled_targets_and_loss_equal_eager(cfg, anchors, batch):
     # compile on the test machine.
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     compiled_targets, compiled_loss = compiled(cls_maps, box_maps, boxes, labels)
-    for ours, ref in zip(compiled_targets, eager_targets):
+    for ours, ref in zip(compiled_targets, eager_targets, strict=True):
         assert torch.equal(ours, ref)
-    for ours, ref in zip(compiled_loss, eager_loss):
+    for ours, ref in zip(compiled_loss, eager_loss, strict=True):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)

@@ -7,9 +7,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-import eval as eval_cli
 import train as train_cli
-from detlite import checkpoint, train_state
+from detlite import checkpoint, evaluate
 from detlite.trainer import train
 
 
@@ -57,7 +56,7 @@ def test_train_writes_checkpoints_metrics_and_evaluates(first_run):
     results = json.loads((out / "eval-step4.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
     # The best weights are a plain checkpoint that rebuilds the model.
-    params, cfg = checkpoint.load(out / "best.safetensors")
+    _, cfg = checkpoint.load(out / "best.safetensors")
     assert cfg.num_classes == 5 and cfg.image_size == (128, 128)
 
 
@@ -66,20 +65,26 @@ def test_resume_continues_exactly(first_run, tiny_coco, tmp_path):
     resumed = tmp_path / "b"
     train(
         train_cli.parse(
-            _args(tiny_coco, resumed, "--resume", str(out / "checkpoints" / "step-00000002.safetensors"), "--skip-eval")
+            _args(
+                tiny_coco,
+                resumed,
+                "--resume",
+                str(out / "checkpoints" / "step-00000002.safetensors"),
+                "--skip-eval",
+            )
         )
     )
     assert _losses(resumed) == {3: _losses(out)[3], 4: _losses(out)[4]}
-    a = train_state.load(out / "checkpoints" / "step-00000004.safetensors")
-    b = train_state.load(resumed / "checkpoints" / "step-00000004.safetensors")
+    a = checkpoint.load_training(out / "checkpoints" / "step-00000004.safetensors")
+    b = checkpoint.load_training(resumed / "checkpoints" / "step-00000004.safetensors")
     assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
     assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
 
 
 def test_eval_cli_writes_metrics_and_coco_results(first_run, tiny_coco, tmp_path):
     out, summary = first_run
-    metrics = eval_cli.run(
-        eval_cli.EvalConfig(
+    metrics = evaluate.run(
+        evaluate.EvalConfig(
             checkpoint=out / "checkpoints" / "step-00000004.safetensors",
             data=train_cli.parse(_args(tiny_coco, out)).data,
             output=tmp_path / "eval",
@@ -102,10 +107,22 @@ def test_resume_refuses_corrupt_and_weights_only_files(first_run, tiny_coco, tmp
     with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
         train(train_cli.parse(_args(tiny_coco, tmp_path / "c", "--resume", str(broken))))
     with pytest.raises(checkpoint.CheckpointError, match="cannot resume"):
-        train(train_cli.parse(_args(tiny_coco, tmp_path / "d", "--resume", str(out / "best.safetensors"))))
+        train(
+            train_cli.parse(
+                _args(tiny_coco, tmp_path / "d", "--resume", str(out / "best.safetensors"))
+            )
+        )
 
 
 def test_missing_data_names_the_flag(tmp_path):
     cfg = train_cli.parse(["builtin", "--data.root", str(tmp_path / "nowhere")])
     with pytest.raises(FileNotFoundError, match="--data"):
         train(cfg)
+
+
+def test_retired_fused_ops_flag_is_accepted_and_explained():
+    from detlite.run import _deprecation_notes
+
+    assert _deprecation_notes(train_cli.parse([])) == []
+    (note,) = _deprecation_notes(train_cli.parse(["--model.no-fused-ops"]))
+    assert "--model.no-fused-ops has no effect" in note

@@ -13,14 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 effdet = pytest.importorskip("effdet")
 timm = pytest.importorskip("timm")
 
+from effdet_ref import randomize_batch_norm  # noqa: E402
+
 from detlite import checkpoint, config, model, weights  # noqa: E402
 from detlite.weights.__main__ import main as cli_main  # noqa: E402
 from detlite.weights.effdet_format import from_effdet, from_timm_backbone  # noqa: E402
-from effdet_ref import randomize_batch_norm  # noqa: E402
 
 SIZE = 256
 PRESET = "tf_efficientdet_d0"
-
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 timm = pytest.importorskip("timm")
 
+from effdet_ref import randomize_batch_norm  # noqa: E402
+
 from detlite import config, model, weights  # noqa: E402
 from detlite.weights.effdet_format import from_timm_backbone  # noqa: E402
-from effdet_ref import randomize_batch_norm  # noqa: E402
 
 SIZE = 256
 FEATURE_INDICES = (2, 3, 4)  # timm's strides 8, 16, 32 = detlite's C3, C4, C5
@@ -48,7 +49,6 @@ def lukemelas_names(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             layer, tensor = key.rsplit(".", 1)
             out[f"{_TOP[layer]}.{tensor}"] = value
     return out
-
 
 
 def timm_features_model(arch: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:

@@ -15,15 +15,15 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torchvision = pytest.importorskip("torchvision")
 
+from effdet_ref import randomize_batch_norm  # noqa: E402
+
 from detlite import config, model, weights  # noqa: E402
 from detlite.weights.from_torchvision import torchvision_bn_eps  # noqa: E402
-from effdet_ref import randomize_batch_norm  # noqa: E402
 
 SIZE = 256
 # torchvision's `features` children: 0 = stem, 1..7 = stages 0..6, 8 = classifier conv.
 # detlite's features at strides 8/16/32 are the outputs of stages 2, 4, 6.
 TORCHVISION_FEATURE_INDICES = (3, 5, 7)
-
 
 
 def torchvision_features(net: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:

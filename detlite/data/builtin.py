@@ -120,7 +120,7 @@ def generate(root: Path, splits: dict[str, int] = SPLITS) -> None:
     (root / "annotations").mkdir()
     categories = [
         {"id": cid, "name": name, "supercategory": "shape"}
-        for cid, name in zip(CATEGORY_IDS, CLASS_NAMES)
+        for cid, name in zip(CATEGORY_IDS, CLASS_NAMES, strict=True)
     ]
     counts = {}
     threads = torch.get_num_threads()

@@ -7,7 +7,7 @@ What happens to each annotation:
 - `bbox [x, y, w, h]` becomes `x1, y1, x2, y2`, clipped to the image;
 - category ids (any sparse set, e.g. 1, 7, 90) become contiguous labels 0..C-1 in ascending id
   order (`CategoryMap`);
-- `iscrowd=1` or `ignore=1` becomes label -2: an ignore region, never a positive;
+- `iscrowd=1` or `ignore=1` becomes label `IGNORE` (-2): an ignore region, never a positive;
 - boxes with width or height under 1 px (after clipping) are dropped and counted;
 - images without any annotation are kept as negatives.
 
@@ -31,10 +31,7 @@ import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-CROWD = -2
-"""Label of crowd / ignore regions (never a positive; anchors they cover are ignored)."""
-PADDING = -1
-"""Label of padding rows in a batch."""
+from detlite.labels import IGNORE
 
 
 class UnreadableImageError(RuntimeError):
@@ -49,7 +46,7 @@ class Sample(NamedTuple):
     boxes: Tensor
     """float32 `[N, 4]` xyxy."""
     labels: Tensor
-    """int64 `[N]`: contiguous class >= 0, or -2 for crowd / ignore regions."""
+    """int64 `[N]`: contiguous class >= 0, or `IGNORE` (-2) for crowd / ignore regions."""
     image_id: int
     """The image's id in the annotation file (or its index for `ImageFolder`)."""
 
@@ -106,6 +103,11 @@ class CategoryMap:
             ids=tuple(int(c["id"]) for c in ordered), names=tuple(c["name"] for c in ordered)
         )
 
+    @classmethod
+    def of_coco(cls, coco) -> CategoryMap:
+        """The categories of a pycocotools `COCO` object."""
+        return cls.from_categories(coco.loadCats(coco.getCatIds()))
+
 
 @dataclass(frozen=True)
 class CocoStats:
@@ -150,6 +152,8 @@ class CocoDetection:
         category_map: labels to use instead of the file's own categories (e.g. the map stored
             in a checkpoint being fine-tuned or evaluated); annotations of categories missing
             from it are an error.
+        coco: the file already parsed by `load_coco` (evaluation needs it too), so that it is
+            parsed once; the dataset keeps only flat arrays, not this object.
     """
 
     def __init__(
@@ -157,15 +161,13 @@ class CocoDetection:
         annotation_file: str | os.PathLike,
         image_dir: str | os.PathLike,
         category_map: CategoryMap | None = None,
+        *,
+        coco=None,
     ) -> None:
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
-        coco = load_coco(self.annotation_file)
-        self.category_map = category_map or CategoryMap.from_categories(
-            coco.loadCats(coco.getCatIds())
-        )
-        label_of = {cid: label for label, cid in enumerate(self.category_map.ids)}
-
+        coco = coco if coco is not None else load_coco(self.annotation_file)
+        self.category_map = category_map or CategoryMap.of_coco(coco)
         image_ids = sorted(coco.getImgIds())
         self._image_ids = np.asarray(image_ids, dtype=np.int64)
         infos = coco.loadImgs(image_ids)
@@ -174,41 +176,30 @@ class CocoDetection:
         self._sizes = np.asarray(
             [(info.get("height", 0), info.get("width", 0)) for info in infos], dtype=np.int64
         )
+        self._read_boxes(coco, image_ids)
 
+    def _read_boxes(self, coco, image_ids: list[int]) -> None:
+        """Flat box, label and per-image offset arrays, and the statistics of what was kept."""
+        label_of = {cid: label for label, cid in enumerate(self.category_map.ids)}
         boxes: list[list[float]] = []
         labels: list[int] = []
         offsets = [0]
-        degenerate = crowd = negatives = 0
-        for image_id, (height, width) in zip(image_ids, self._sizes.tolist()):
+        degenerate = negatives = 0
+        for image_id, (height, width) in zip(image_ids, self._sizes.tolist(), strict=True):
             for ann in coco.imgToAnns.get(image_id, []):
-                x, y, w, h = (float(v) for v in ann["bbox"])
-                x1, y1, x2, y2 = x, y, x + w, y + h
-                if width > 0 and height > 0:
-                    x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-                    y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-                if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+                box = _clipped_xyxy(ann["bbox"], height, width)
+                if box is None:
                     degenerate += 1
                     continue
-                if ann.get("iscrowd", 0) or ann.get("ignore", 0):
-                    label = CROWD
-                    crowd += 1
-                else:
-                    category = ann["category_id"]
-                    if category not in label_of:
-                        raise ValueError(
-                            f"{self.annotation_file}: annotation {ann.get('id')} has category id "
-                            f"{category}, which is not in the category map {self.category_map.ids}"
-                        )
-                    label = label_of[category]
-                boxes.append([x1, y1, x2, y2])
-                labels.append(label)
-            if len(boxes) == offsets[-1]:
-                negatives += 1
+                boxes.append(box)
+                labels.append(self._label(ann, label_of))
+            negatives += len(boxes) == offsets[-1]
             offsets.append(len(boxes))
 
         self._boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         self._labels = np.asarray(labels, dtype=np.int64)
         self._offsets = np.asarray(offsets, dtype=np.int64)
+        crowd = int((self._labels == IGNORE).sum())
         self.stats = CocoStats(
             images=len(image_ids),
             boxes=len(boxes) - crowd,
@@ -216,6 +207,17 @@ class CocoDetection:
             degenerate=degenerate,
             negatives=negatives,
         )
+
+    def _label(self, ann: dict, label_of: dict[int, int]) -> int:
+        if ann.get("iscrowd", 0) or ann.get("ignore", 0):
+            return IGNORE
+        category = ann["category_id"]
+        if category not in label_of:
+            raise ValueError(
+                f"{self.annotation_file}: annotation {ann.get('id')} has category id "
+                f"{category}, which is not in the category map {self.category_map.ids}"
+            )
+        return label_of[category]
 
     def __len__(self) -> int:
         return len(self._image_ids)
@@ -248,3 +250,16 @@ class CocoDetection:
             )
         boxes, labels = self.annotations(index)
         return Sample(image, boxes, labels, self.image_id(index))
+
+
+def _clipped_xyxy(bbox, height: int, width: int) -> list[float] | None:
+    """COCO `[x, y, w, h]` as `[x1, y1, x2, y2]` clipped to the image (when its size is known),
+    or None when the box is under 1 px wide or high."""
+    x, y, w, h = (float(v) for v in bbox)
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    if width > 0 and height > 0:
+        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+        return None
+    return [x1, y1, x2, y2]

@@ -1,5 +1,5 @@
-"""Batches for training and evaluation: deterministic sharded sampling, fixed-shape collation,
-DataLoader workers and a host-to-device prefetcher.
+"""Training batches: deterministic sharded sampling, augmentation in DataLoader workers and
+fixed-shape collation (evaluation batches: eval_loader.py; device copies: prefetch.py).
 
 Determinism: the order of an epoch is a permutation drawn from `(seed, epoch)`, and every random
 choice made for a sample is drawn from `(seed, epoch, sample index)` (`sample_seed`). Nothing
@@ -16,25 +16,22 @@ of steps, and the samples of global step s are the same whatever the number of r
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from collections.abc import Iterator, Sequence
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from detlite.data.coco import PADDING, Sample, read_image
+from detlite.data.coco import Sample
 from detlite.data.transforms import (
-    DEFAULT_FILL,
     Augment,
     Size,
     as_hw,
-    eval_transform,
     train_transform,
 )
+from detlite.labels import BACKGROUND
 
 
 class TrainBatch(TypedDict):
@@ -50,22 +47,6 @@ class TrainBatch(TypedDict):
     """int64 `[B]`."""
     num_overflow: int
     """Boxes dropped from this batch because an image had more than M."""
-
-
-class EvalBatch(TypedDict):
-    """An evaluation batch. Rows with `image_ids < 0` pad the last batch and must be skipped."""
-
-    images: Tensor
-    """uint8 `[B, 3, H, W]`: each image resized to fit, pasted top-left."""
-    image_ids: Tensor
-    """int64 `[B]`; -1 for padding rows."""
-    scales: Tensor
-    """float32 `[B]`: model pixels per original pixel; `original_xyxy = model_xyxy / scale`."""
-    inv_scales: Tensor
-    """float32 `[B]`: `1 / scales`, original pixels per model pixel: the factor to multiply
-    model-pixel boxes by (what `detlite.model.predict(..., image_scales=...)` takes)."""
-    orig_sizes: Tensor
-    """int64 `[B, 2]`: (height, width) of the original image, for clipping mapped-back boxes."""
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -171,16 +152,16 @@ def pad_ground_truth(samples: Sequence[Sample], max_boxes: int) -> tuple[Tensor,
     keeps its M largest (real boxes before crowd regions) and the rest count as overflow.
     """
     boxes = torch.zeros(len(samples), max_boxes, 4, dtype=torch.float32)
-    labels = torch.full((len(samples), max_boxes), PADDING, dtype=torch.int64)
+    labels = torch.full((len(samples), max_boxes), BACKGROUND, dtype=torch.int64)
     overflow = 0
     for i, sample in enumerate(samples):
-        b, l = sample.boxes.reshape(-1, 4), sample.labels.reshape(-1)
-        if len(b) > max_boxes:
-            keep = _rows_to_keep(b, l, max_boxes)
-            overflow += len(b) - max_boxes
-            b, l = b[keep], l[keep]
-        boxes[i, : len(b)] = b
-        labels[i, : len(l)] = l
+        rows, classes = sample.boxes.reshape(-1, 4), sample.labels.reshape(-1)
+        if len(rows) > max_boxes:
+            keep = _rows_to_keep(rows, classes, max_boxes)
+            overflow += len(rows) - max_boxes
+            rows, classes = rows[keep], classes[keep]
+        boxes[i, : len(rows)] = rows
+        labels[i, : len(classes)] = classes
     return boxes, labels, overflow
 
 
@@ -196,7 +177,7 @@ def collate_train(samples: Sequence[Sample], max_boxes: int) -> TrainBatch:
     )
 
 
-def _worker_kwargs(num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
+def worker_kwargs(num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "num_workers": num_workers,
         # Pinned host memory makes the prefetcher's non_blocking copies truly asynchronous.
@@ -247,7 +228,7 @@ class TrainLoader:
             _Augmented(dataset, image_size, seed, augment or Augment()),
             batch_sampler=self.sampler,
             collate_fn=functools.partial(collate_train, max_boxes=max_boxes),
-            **_worker_kwargs(num_workers, pin_memory),
+            **worker_kwargs(num_workers, pin_memory),
         )
 
     @property
@@ -271,156 +252,3 @@ class TrainLoader:
                 yield epoch, step, batch
                 step += 1
             epoch, step = epoch + 1, 0
-
-
-class _EvalItem(NamedTuple):
-    image: Tensor
-    image_id: int
-    scale: float
-    orig_size: tuple[int, int]
-
-
-class _Fitted(Dataset):
-    """`dataset[i]` -> the image resized to fit the model input; index -1 is a padding row."""
-
-    def __init__(self, dataset: Any, image_size: Size, fill: tuple[int, int, int]) -> None:
-        self.dataset = dataset
-        self.image_size = as_hw(image_size)
-        self.fill = fill
-
-    def __getitem__(self, index: int) -> _EvalItem:
-        if index < 0:
-            blank = (
-                torch.tensor(self.fill, dtype=torch.uint8).view(3, 1, 1).expand(3, *self.image_size)
-            )
-            return _EvalItem(blank.clone(), -1, 1.0, (0, 0))
-        sample = self.dataset[index]
-        canvas, scale = eval_transform(sample.image, self.image_size, self.fill)
-        return _EvalItem(canvas, sample.image_id, scale, tuple(sample.image.shape[-2:]))
-
-
-def collate_eval(items: Sequence[_EvalItem]) -> EvalBatch:
-    return EvalBatch(
-        images=torch.stack([item.image for item in items]),
-        image_ids=torch.tensor([item.image_id for item in items], dtype=torch.int64),
-        scales=torch.tensor([item.scale for item in items], dtype=torch.float32),
-        inv_scales=torch.tensor([1.0 / item.scale for item in items], dtype=torch.float32),
-        orig_sizes=torch.tensor([item.orig_size for item in items], dtype=torch.int64),
-    )
-
-
-def eval_batches(
-    num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1
-) -> list[list[int]]:
-    """This rank's evaluation batches: indices rank, rank + world_size, ... in order, padded
-    with -1 to full batches. Across ranks every image appears exactly once, and every rank has
-    the same number of batches (so per-batch collectives, if any, stay in step)."""
-    mine = list(range(rank, num_samples, world_size))
-    per_rank = -(-num_samples // world_size)
-    num_batches = max(1, -(-per_rank // batch_size))
-    mine += [-1] * (num_batches * batch_size - len(mine))
-    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-
-
-def eval_loader(
-    dataset: Any,
-    *,
-    image_size: Size,
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 2,
-    pin_memory: bool | None = None,
-    fill: tuple[int, int, int] = DEFAULT_FILL,
-) -> DataLoader:
-    """Fixed-shape `EvalBatch`es of `dataset` (a `CocoDetection` or an `ImageFolder`), sharded
-    by rank without augmentation. Reusable across evaluations (its workers persist)."""
-    return DataLoader(
-        _Fitted(dataset, image_size, fill),
-        batch_sampler=eval_batches(len(dataset), batch_size, rank, world_size),
-        collate_fn=collate_eval,
-        **_worker_kwargs(num_workers, pin_memory),
-    )
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
-"""Files `ImageFolder` picks up (case-insensitive): the formats torchvision.io decodes."""
-
-
-class ImageFolder:
-    """Unannotated images under a folder (recursively, sorted by relative path), for prediction.
-
-    `dataset[i]` is a `Sample` with no boxes and `image_id = i`; `paths[i]` is its file.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.root = Path(path)
-        if not self.root.is_dir():
-            raise NotADirectoryError(f"{self.root} is not a directory")
-        self.paths = sorted(
-            p
-            for p in self.root.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-        )
-        if not self.paths:
-            raise FileNotFoundError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Sample:
-        return Sample(
-            read_image(self.paths[index]),
-            torch.zeros(0, 4, dtype=torch.float32),
-            torch.zeros(0, dtype=torch.int64),
-            index,
-        )
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
-        for key, value in batch.items()
-    }
-
-
-class DevicePrefetcher:
-    """Moves batches (dicts of tensors) to `device`, copying batch i+1 while batch i computes.
-
-    On CUDA the copies run on a side stream from pinned memory (`non_blocking=True`); the compute
-    stream waits for a batch's copy only when that batch is handed out, and the tensors are
-    recorded on the compute stream so the allocator does not recycle them early. On any other
-    device this is a plain `.to(device)` per batch. Non-tensor values pass through unchanged.
-    """
-
-    def __init__(self, batches: Iterable[dict[str, Any]], device: torch.device | str) -> None:
-        self.batches = batches
-        self.device = torch.device(device)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.device.type != "cuda":
-            for batch in self.batches:
-                yield _to_device(batch, self.device)
-            return
-
-        copy_stream = torch.cuda.Stream(self.device)
-        source = iter(self.batches)
-
-        def start_copy() -> dict[str, Any] | None:
-            batch = next(source, None)
-            if batch is None:
-                return None
-            with torch.cuda.stream(copy_stream):
-                return _to_device(batch, self.device)
-
-        ready = start_copy()
-        while ready is not None:
-            compute_stream = torch.cuda.current_stream(self.device)
-            compute_stream.wait_stream(copy_stream)
-            for value in ready.values():
-                if isinstance(value, Tensor):
-                    value.record_stream(compute_stream)
-            batch, ready = ready, start_copy()
-            yield batch

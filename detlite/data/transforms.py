@@ -121,28 +121,44 @@ def train_transform(
 
     factor = scale_range[0] + (scale_range[1] - scale_range[0]) * scale_draw
     ratio = min(factor * out_h / height, factor * out_w / width)
-    scaled_h = max(1, int(height * ratio))
-    scaled_w = max(1, int(width * ratio))
-    image = _resize(image, (scaled_h, scaled_w))
+    scaled_hw = (max(1, int(height * ratio)), max(1, int(width * ratio)))
+    image = _resize(image, scaled_hw)
+    offset = (
+        int(max(0, scaled_hw[0] - out_h) * crop_y_draw),
+        int(max(0, scaled_hw[1] - out_w) * crop_x_draw),
+    )
+    canvas, visible_hw = _paste_crop(image, offset, (out_h, out_w), fill)
     # The per-axis ratio of the integer sizes actually produced, so boxes match the pixels.
-    sy, sx = scaled_h / height, scaled_w / width
+    box_scale = (scaled_hw[0] / height, scaled_hw[1] / width)
+    boxes = _move_boxes(boxes, box_scale, offset, visible_hw)
+    boxes, labels = _keep_visible(boxes, labels)
+    return canvas, boxes, labels
 
-    off_y = int(max(0, scaled_h - out_h) * crop_y_draw)
-    off_x = int(max(0, scaled_w - out_w) * crop_x_draw)
-    visible_h = min(out_h, scaled_h - off_y)
-    visible_w = min(out_w, scaled_w - off_x)
 
-    canvas = _canvas((out_h, out_w), fill)
+def _paste_crop(
+    image: Tensor, offset: tuple[int, int], out_hw: tuple[int, int], fill: tuple[int, int, int]
+) -> tuple[Tensor, tuple[int, int]]:
+    """The part of `image` from `offset` (y, x) that fits, pasted top-left on an `out_hw`
+    canvas; returns the canvas and the (height, width) of the pasted part."""
+    off_y, off_x = offset
+    visible_h = min(out_hw[0], image.shape[-2] - off_y)
+    visible_w = min(out_hw[1], image.shape[-1] - off_x)
+    canvas = _canvas(out_hw, fill)
     canvas[:, :visible_h, :visible_w] = image[
         :, off_y : off_y + visible_h, off_x : off_x + visible_w
     ]
+    return canvas, (visible_h, visible_w)
 
+
+def _move_boxes(
+    boxes: Tensor, scale_yx: tuple[float, float], offset: tuple[int, int], visible_hw
+) -> Tensor:
+    """Boxes scaled with the image, shifted by the crop offset and clipped to the pasted part."""
+    (sy, sx), (off_y, off_x), (visible_h, visible_w) = scale_yx, offset, visible_hw
     scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
-    offset = torch.tensor([off_x, off_y, off_x, off_y], dtype=torch.float32)
+    shift = torch.tensor([off_x, off_y, off_x, off_y], dtype=torch.float32)
     limit = torch.tensor([visible_w, visible_h, visible_w, visible_h], dtype=torch.float32)
-    boxes = (boxes * scale - offset).clamp(min=torch.zeros(4), max=limit)
-    boxes, labels = _keep_visible(boxes, labels)
-    return canvas, boxes, labels
+    return (boxes * scale - shift).clamp(min=torch.zeros(4), max=limit)
 
 
 def fit_scale(image_hw: tuple[int, int], out_size: Size) -> tuple[float, tuple[int, int]]:

@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from detlite.labels import IGNORE
+
 NAME = "detlite::sigmoid_focal_loss"
 BACKWARD_NAME = "detlite::sigmoid_focal_loss_backward"
 
@@ -45,7 +47,6 @@ torch.library.define(
     " -> Tensor",
 )
 
-IGNORE = -2
 # Elements of [anchors, classes] processed per step by the reference kernels.
 _CHUNK_ELEMENTS = 1 << 20
 

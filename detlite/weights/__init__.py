@@ -20,14 +20,11 @@ Sources:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor
@@ -38,6 +35,7 @@ from ..layers import Params
 from . import from_lukemelas as lukemelas_format
 from . import from_torchvision as torchvision_format
 from .effdet_format import from_effdet, from_timm_backbone
+from .files import WeightImportError, read_state_dict
 
 Source = Literal["effdet", "timm", "torchvision", "lukemelas", "detlite"]
 Part = Literal["all", "backbone"]
@@ -46,19 +44,9 @@ PARTS: tuple[str, ...] = get_args(Part)
 
 logger = logging.getLogger(__name__)
 
-# Training scripts wrap the weights in a dict; the first of these that holds a dict is used
-# (the plain weights before the EMA ones, as timm's own loader does by default).
-_CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 # Prefixes that wrappers add to every key: DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _BACKBONE_PREFIX = "backbone."
-# Objects besides tensors that timm/effdet training checkpoints pickle (their `args`); a plain
-# attribute bag, safe to allow in the weights-only unpickler.
-_SAFE_GLOBALS = [argparse.Namespace]
-
-
-class WeightImportError(ValueError):
-    """A file or state dict that cannot be imported for the requested config."""
 
 
 @dataclass(frozen=True)
@@ -84,81 +72,6 @@ class ImportReport:
             f"({len(self.missing)} missing, {len(self.misshaped)} wrong shape, "
             f"{len(self.unknown)} unknown), {self.initialised} left at their initial values"
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading files
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The tensors of a .pth/.pt/.bin (torch.load, weights only) or .safetensors file.
-
-    Common training containers (`state_dict`, `model`, `state_dict_ema`, `model_ema`) are
-    unwrapped; non-tensor entries are dropped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        loaded: Any = _read_safetensors(path)
-    else:
-        loaded = _read_torch(path)
-    return _tensors(_unwrap(loaded, path), path)
-
-
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise WeightImportError(f"{path}: not a readable safetensors file ({e})") from e
-
-
-def _read_torch(path: Path) -> Any:
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for a bad file
-        # A real checkpoint that pickles a class (e.g. a whole nn.Module) fails on that class;
-        # anything else that fails is not a checkpoint at all.
-        if blocked := re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e)):
-            raise WeightImportError(
-                f"{path}: pickles a {blocked.group(1)} object besides tensors, which is not loaded "
-                "for safety (weights only); re-save the weights alone, e.g. "
-                "`torch.save(model.state_dict(), path)`, or as safetensors"
-            ) from e
-        raise WeightImportError(
-            f"{path}: not a PyTorch checkpoint (.pth/.pt/.bin) or safetensors file "
-            f"({type(e).__name__}: {_last_detail(e)})"
-        ) from e
-
-
-def _last_detail(e: Exception) -> str:
-    # torch's weights-only errors open with a generic banner and close with a documentation
-    # link; the specific reason is the line before the link.
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith("Check the documentation")]
-    return lines[-1] if lines else "no detail"
-
-
-def _unwrap(loaded: Any, path: Path) -> Mapping[str, Any]:
-    if not isinstance(loaded, Mapping):
-        raise WeightImportError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
-    for key in _CONTAINER_KEYS:
-        if isinstance(loaded.get(key), Mapping):
-            logger.info("%s: using the weights under %r", path, key)
-            return loaded[key]
-    return loaded
-
-
-def _tensors(state: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
-    tensors = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
-    if not tensors:
-        keys = ", ".join(map(str, list(state)[:10]))
-        raise WeightImportError(f"{path}: no tensors found (top-level keys: {keys or 'none'})")
-    return tensors
 
 
 _V = TypeVar("_V")
@@ -290,9 +203,11 @@ def _hints(
     guessed = guess_source(list(state_dict))
     if guessed is not None and guessed != source:
         hints.append(f"the keys look like source={guessed!r} (CLI: --source {guessed})")
-    if source == "lukemelas" and guessed == source:
-        if reason := lukemelas_format.block_count_mismatch(dict(state_dict), cfg.backbone):
-            hints.append(f"{reason}: choose the preset of the file's variant (CLI: --preset NAME)")
+    lukemelas_file = source == "lukemelas" and guessed == source
+    if lukemelas_file and (
+        reason := lukemelas_format.block_count_mismatch(dict(state_dict), cfg.backbone)
+    ):
+        hints.append(f"{reason}: choose the preset of the file's variant (CLI: --preset NAME)")
     outside = [k for k, _ in problems.missing if not k.startswith(_BACKBONE_PREFIX)]
     if part == "all" and outside and len(outside) == len(problems.missing):
         hints.append(

@@ -32,7 +32,9 @@ _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)\.(weight|bias|running_mean
 def from_timm_backbone(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """timm EfficientNet(-Lite) keys → `backbone.*`. Returns (renamed, keys it did not know)."""
     mbconv_blocks = {
-        tuple(k.split(".")[1:3]) for k in state_dict if k.startswith("blocks.") and ".conv_pwl." in k
+        tuple(k.split(".")[1:3])
+        for k in state_dict
+        if k.startswith("blocks.") and ".conv_pwl." in k
     }
     out: dict[str, Tensor] = {}
     unknown: list[str] = []
@@ -88,7 +90,9 @@ def from_effdet(
     state_dict: dict[str, Tensor], min_level: int = 3
 ) -> tuple[dict[str, Tensor], list[str]]:
     """effdet `EfficientDet.state_dict()` → detlite names. Returns (renamed, unknown keys)."""
-    backbone = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    backbone = {
+        k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")
+    }
     out, unknown = from_timm_backbone(backbone)
     unknown = ["backbone." + k for k in unknown]
     for key, value in state_dict.items():

