@@ -6,18 +6,21 @@
 
 Writes to --output: metrics.json (the 12 COCO numbers), detections.json (COCO results format:
 original category ids, original-image pixels), and with --draw N, N images with boxes drawn.
+Errors print one line (--debug: with the traceback).
 """
 
 from __future__ import annotations
 
 import tyro
 
-from detlite import evaluate
+from detlite import errors, evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
-    evaluate.run(tyro.cli(evaluate.EvalConfig, args=argv, description=__doc__))
-    return 0
+    def run(args: list[str]) -> None:
+        evaluate.run(tyro.cli(evaluate.EvalConfig, args=args, description=__doc__))
+
+    return errors.command(run, argv)
 
 
 if __name__ == "__main__":

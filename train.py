@@ -3,18 +3,20 @@
     python train.py                                   # Lite0 on the built-in dataset (CPU: minutes)
     python train.py coco --data.root /data/coco --model.preset d0
     python train.py builtin --steps 200 --batch-size 4
+    python train.py --resume runs/builtin             # continue a run with its own settings
     python train.py --help / python train.py coco --help
 
 The first word picks a recipe (default: builtin); every field of it can be overridden by a flag.
-Runs under detlite-launch or torchrun unchanged (RANK / WORLD_SIZE / LOCAL_RANK).
+Runs under detlite-launch or torchrun unchanged (RANK / WORLD_SIZE / LOCAL_RANK). SIGTERM,
+SIGINT or SIGUSR1 stop a run after saving a checkpoint. Errors print one line (--debug: with
+the traceback).
 """
 
 from __future__ import annotations
 
-import sys
-
 import tyro
 
+from detlite import errors, resume
 from detlite.train_config import RECIPES, TrainConfig
 from detlite.trainer import train
 
@@ -23,15 +25,16 @@ def parse(argv: list[str]) -> TrainConfig:
     # No recipe named (no arguments, or flags only): the built-in recipe.
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["builtin", *argv]
-    return tyro.extras.overridable_config_cli(
+    cfg = tyro.extras.overridable_config_cli(
         RECIPES, args=argv, prog="train.py", description=__doc__
     )
+    if cfg.resume is not None:
+        cfg = resume.resume_config(cfg, resume.given_fields(argv))
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(list(sys.argv[1:] if argv is None else argv))
-    train(cfg)
-    return 0
+    return errors.command(lambda args: train(parse(args)), argv)
 
 
 if __name__ == "__main__":

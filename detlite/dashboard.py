@@ -19,6 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .rundir import METRICS
+
 
 class MetricsFile:
     """Appends one JSON object per line; flushed each write so a crash loses nothing."""
@@ -41,7 +43,7 @@ class Dashboard:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool) -> None:
         self.enabled = enabled
         self.console = Console(stderr=False)
-        self.metrics = MetricsFile(run_dir / "metrics.jsonl") if enabled else None
+        self.metrics = MetricsFile(run_dir / METRICS) if enabled else None
         self.interactive = enabled and self.console.is_terminal
         self.total_steps = total_steps
         self._progress: Progress | None = None

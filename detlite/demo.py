@@ -15,7 +15,7 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
-from . import config, model
+from . import config, errors, model, validate
 from .steps import Predictor, StepOptions
 
 
@@ -55,5 +55,15 @@ def main(args: DemoArgs) -> None:
     Console().print(table)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    def demo(arguments: list[str]) -> None:
+        args = tyro.cli(DemoArgs, args=arguments, prog="python -m detlite.demo")
+        validate.check_rules(args, validate.DEMO_RULES)
+        validate.check_model_choice(args.preset, args.image_size, prefix="--")
+        main(args)
+
+    return errors.command(demo, argv)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(DemoArgs))
+    raise SystemExit(cli())

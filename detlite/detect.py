@@ -13,8 +13,11 @@ import torch
 from torch import Tensor
 
 from .data import DevicePrefetcher
+from .data.loader import batches_of
+from .errors import Interrupted
 from .layers import Params
 from .steps import Predictor
+from .stopping import StopRequest
 
 PredictBatch = Callable[[dict[str, Any]], tuple[Tensor, Tensor]]
 
@@ -36,10 +39,13 @@ def clip_to_images(dets: Tensor, orig_sizes: Tensor) -> Tensor:
 
 @torch.no_grad()
 def detections(
-    predict_batch: PredictBatch, loader, device: torch.device
+    predict_batch: PredictBatch, loader, device: torch.device, stop: StopRequest | None = None
 ) -> Iterator[tuple[dict[str, Any], Tensor, Tensor]]:
     """(batch, detections clipped to the original images, counts) per batch; rows of padding
-    images (`image_ids < 0`) are still there for the caller to skip."""
-    for batch in DevicePrefetcher(loader, device):
+    images (`image_ids < 0`) are still there for the caller to skip. A requested `stop` ends
+    the pass between batches (`Interrupted`)."""
+    for batch in DevicePrefetcher(batches_of(loader), device):
+        if stop is not None and stop.requested:
+            raise Interrupted(f"evaluation stopped by {stop.name}", stop.signum)
         dets, counts = predict_batch(batch)
         yield batch, clip_to_images(dets, batch["orig_sizes"]), counts

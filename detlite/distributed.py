@@ -6,6 +6,7 @@ a plain `python train.py` is a world of one.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -13,6 +14,16 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import Tensor
+
+from .errors import ConfigError, DetliteError
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """Multi-process training (the process group comes from RANK / WORLD_SIZE / MASTER_ADDR)."""
+
+    timeout: float = 300.0
+    """Seconds to wait for every rank to join (and for any collective) before failing."""
 
 
 @dataclass(frozen=True)
@@ -31,37 +42,79 @@ class World:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, low: int = 0) -> int:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+        number = None
+    if number is None or number < low:
+        raise ConfigError(
+            f"environment variable {name}={value!r} is not an integer ≥ {low} — start the run "
+            "with detlite-launch or torchrun, which set it, or fix it"
+        )
+    return number
 
 
-def setup(device: str = "auto") -> World:
-    """Read the environment, pick the device, and join the process group when world_size > 1."""
+def read_environment() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the torchrun-style environment, checked."""
     rank = _env_int("RANK", 0)
-    world_size = _env_int("WORLD_SIZE", 1)
+    world_size = _env_int("WORLD_SIZE", 1, low=1)
     local_rank = _env_int("LOCAL_RANK", 0)
+    if rank >= world_size:
+        raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world_size}")
+    if world_size > 1:
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(name):
+                raise ConfigError(
+                    f"WORLD_SIZE={world_size} but {name} is not set — start the run with "
+                    "detlite-launch or torchrun, or set MASTER_ADDR and MASTER_PORT"
+                )
+        _env_int("MASTER_PORT", 0, low=1)
+    return rank, world_size, local_rank
+
+
+def setup(device: str = "auto", timeout: float = DistConfig.timeout) -> World:
+    """Read the environment, pick the device, and join the process group when world_size > 1
+    (failing after `timeout` seconds if the other ranks cannot be reached)."""
+    rank, world_size, local_rank = read_environment()
     if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(
-            backend, rank=rank, world_size=world_size, device_id=dev if dev.type == "cuda" else None
-        )
+        _join(rank, world_size, dev, timeout)
     return World(rank, world_size, local_rank, dev)
 
 
+def _join(rank: int, world_size: int, device: torch.device, timeout: float) -> None:
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        dist.init_process_group(
+            backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout),
+            device_id=device if device.type == "cuda" else None,
+        )
+    except (RuntimeError, dist.DistError, TimeoutError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DetliteError(
+            f"rank {rank} of {world_size} could not join the process group at {where} within "
+            f"{timeout:g} s (--dist.timeout): {reason} — check that every rank was started and "
+            "can reach MASTER_ADDR"
+        ) from error
+
+
 def teardown() -> None:
+    global _control_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _control_group = None
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:
@@ -91,3 +144,19 @@ def all_reduce_gradients(grads: list[Tensor]) -> None:
         n = g.numel()
         g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
+
+
+_control_group = None
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any (e.g. a stop signal that reached only some);
+    through a CPU (gloo) group, so that asking never waits for the GPU."""
+    global _control_group
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    if _control_group is None:
+        _control_group = dist.new_group(backend="gloo")
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_control_group)
+    return bool(value.item())

@@ -21,7 +21,7 @@ import torch
 import tyro
 from rich.console import Console
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, validate
 from .data import (
     CategoryMap,
     CocoDetection,
@@ -31,12 +31,14 @@ from .data import (
     load_coco,
     val_split,
 )
+from .data.loader import shutdown_workers
 from .detect import PredictBatch, batch_predictor, detections
 from .draw import draw_results
 from .layers import Params
 from .metrics import coco_metrics, metrics_table, to_coco_results, write_results
 from .predictions import FolderJob, predict_folder
 from .steps import CompileMode, Predictor, StepOptions
+from .stopping import StopRequest
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class EvalConfig:
 
     checkpoint: Annotated[Path, tyro.conf.Positional]
     """A training checkpoint (step-*.safetensors), best.safetensors, or a converted file."""
-    weights: Literal["ema", "params"] = "ema"
-    """For training checkpoints: the EMA weights (as the reference evaluates) or the raw ones."""
+    weights: Literal["auto", "ema", "params"] = "auto"
+    """For training checkpoints: the EMA weights (as the reference evaluates) or the raw ones;
+    auto takes the EMA when the run kept one."""
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     """Where the val split is (default: the built-in dataset's)."""
     predict: Path | None = None
@@ -62,12 +65,17 @@ class EvalConfig:
 
 
 def evaluate(
-    predict_batch: PredictBatch, loader, coco_gt, category_map: CategoryMap, device: torch.device
+    predict_batch: PredictBatch,
+    loader,
+    coco_gt,
+    category_map: CategoryMap,
+    device: torch.device,
+    stop: StopRequest | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """mAP over a COCO split. `predict_batch(batch)` → (detections, counts) in original-image
     pixels (see `batch_predictor`); results are gathered from every rank."""
     results: list[dict] = []
-    for batch, dets, counts in detections(predict_batch, loader, device):
+    for batch, dets, counts in detections(predict_batch, loader, device, stop):
         keep = (batch["image_ids"] >= 0).nonzero().flatten().tolist()
         image_ids = batch["image_ids"][keep].tolist()
         results += to_coco_results(dets[keep], counts[keep], image_ids, category_map.ids)
@@ -126,18 +134,20 @@ class EvalSplit:
         )
         return cls(dataset, coco, loader, world.device)
 
-    def evaluate(self, predictor: Predictor, params: Params) -> tuple[dict[str, float], list[dict]]:
-        return evaluate(
-            batch_predictor(predictor, params),
-            self.loader,
-            self.coco,
-            self.category_map,
-            self.device,
-        )
+    def close(self) -> None:
+        """Stop the loader's worker processes."""
+        shutdown_workers(self.loader)
+
+    def evaluate(
+        self, predictor: Predictor, params: Params, stop: StopRequest | None = None
+    ) -> tuple[dict[str, float], list[dict]]:
+        predict = batch_predictor(predictor, params)
+        return evaluate(predict, self.loader, self.coco, self.category_map, self.device, stop)
 
 
 def run(cfg: EvalConfig) -> dict:
     """eval.py: evaluate a checkpoint on a split, or predict on a folder (`--predict`)."""
+    validate.check_eval_config(cfg)
     world = distributed.setup(cfg.device)
     try:
         params, mcfg = checkpoint.load(cfg.checkpoint, device=world.device, weights=cfg.weights)
@@ -165,7 +175,10 @@ def _evaluate_checkpoint(cfg: EvalConfig, predictor: Predictor, params: Params, 
         world=world,
         num_workers=cfg.data.num_workers,
     )
-    metrics, results = split.evaluate(predictor, params)
+    try:
+        metrics, results = split.evaluate(predictor, params)
+    finally:
+        split.close()
     if world.is_main:
         _report(cfg, paths, split, metrics, results)
     return metrics

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import checkpoint, config, distributed, model, weights
+from . import checkpoint, config, distributed, model, rundir, weights
 from .checkpoint import Checkpointer, TrainingState, TrainingTensors
 from .config import ModelConfig
 from .dashboard import Dashboard
@@ -33,8 +33,10 @@ from .evaluate import EvalSplit
 from .layers import Params
 from .metrics import metrics_table, write_results
 from .optim import ema_update, make_sgd, peak_lr, set_lr, trainable_names
+from .resume import describe_changes, run_dir_of
 from .steps import Predictor, StepOptions, TrainingLoss
-from .train_config import BENCHMARK_WARMUP_STEPS, TrainConfig
+from .stopping import StopRequest
+from .train_config import BENCHMARK_WARMUP_STEPS, TrainConfig, train_config_from_dict
 
 
 @dataclass
@@ -59,6 +61,9 @@ class Run:
     dash: Dashboard
     total_steps: int
     peak_lr: float
+    stop: StopRequest
+    unreadable: set[str] = dataclasses.field(default_factory=set)
+    """Training images found unreadable so far (each is reported once)."""
 
     @property
     def global_batch(self) -> int:
@@ -87,14 +92,34 @@ class Run:
             ema_update(self.ema, self.params, self.cfg.optim.ema_decay)
         return losses
 
+    def close(self) -> None:
+        """Stop the data-loading worker processes."""
+        self.loader.close()
+        if self.val is not None:
+            self.val.close()
+
+    def stop_agreed(self) -> bool:
+        """Whether a stop signal arrived (on any rank: all ranks stop at the same step)."""
+        return distributed.any_rank(self.stop.requested)
+
+    def report_unreadable(self, reasons: list[str]) -> None:
+        """Say once per image that an undecodable training image was replaced."""
+        for reason in reasons:
+            if reason not in self.unreadable:
+                self.unreadable.add(reason)
+                self.dash.log(
+                    f"warning: {reason}; replaced by the next readable image "
+                    f"({len(self.unreadable)} so far; --data.bad-images error stops instead)"
+                )
+
     def evaluate(self, step: int) -> dict[str, float]:
         """COCO metrics of the evaluated weights (EMA when there is one) on the val split;
         rank 0 writes the detections to `eval-step<N>.json` and shows the metrics."""
         assert self.val is not None, "no val split to evaluate on"
         weights = self.ema if self.ema is not None else self.params
-        metrics, results = self.val.evaluate(self.predictor, weights)
+        metrics, results = self.val.evaluate(self.predictor, weights, self.stop)
         if self.world.is_main:
-            write_results(Path(self.cfg.output) / f"eval-step{step}.json", results)
+            write_results(rundir.eval_results(Path(self.cfg.output), step), results)
             kind = "EMA" if self.ema is not None else "raw"
             self.dash.print(
                 metrics_table(metrics, title=f"COCO bbox, val, step {step} ({kind} weights)")
@@ -102,18 +127,26 @@ class Run:
             self.dash.record({"step": step, "eval": metrics})
         return metrics
 
-    def save(self, step: int, metric: float | None = None, final: bool = False) -> bool:
-        """A training checkpoint of `step` (see `Checkpointer.save`); True if it is the best."""
+    def save(self, step: int, metric: float | None = None, final: bool = False) -> Path:
+        """The training checkpoint of `step` (see `Checkpointer.save`); returns its path."""
         self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
         tensors = TrainingTensors(self.params, self.ema, self.optimizer, self.trainable)
         return self.checkpointer.save(
-            step, tensors, self.model_cfg, self.state, self.category_map, metric=metric, final=final
+            step,
+            tensors,
+            self.model_cfg,
+            self.state,
+            self.category_map,
+            metric=metric,
+            best_if_unevaluated=final,
         )
 
 
-def build(cfg: TrainConfig, world: distributed.World) -> Run:
-    """The run `cfg` describes, resumed from `cfg.resume` when set."""
+def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
+    """The run `cfg` describes, resumed from `cfg.resume` when set. Nothing is written before
+    every input has been read and checked."""
     _configure_torch(cfg, world)
+    _check_run_dir(cfg)
     notes = _deprecation_notes(cfg)  # said once the dashboard exists
     restored = _restore(cfg, notes)
     train_paths = train_split(cfg.data)
@@ -121,26 +154,24 @@ def build(cfg: TrainConfig, world: distributed.World) -> Run:
     stored_map = restored.category_map if restored is not None else None
     train_set = CocoDetection(train_paths.annotations, train_paths.images, stored_map)
     category_map = train_set.category_map
+    notes += [line for line in [train_set.stats.report("train")] if line]
     model_cfg = restored.cfg if restored is not None else _model_config(cfg, category_map)
     params = restored.params if restored is not None else _initial_params(cfg, model_cfg, notes)
     params, trainable = _on_device(params, world.device, cfg.model.freeze)
     loader = _train_loader(cfg, world, train_set, model_cfg)
     lr = peak_lr(cfg.optim, cfg.batch_size * world.world_size)
-    optimizer = make_sgd(params, trainable, cfg.optim, lr)
-    scaler = torch.amp.GradScaler(world.device.type, enabled=cfg.precision.dtype == "fp16")
-    ema = {k: v.detach().clone() for k, v in params.items()} if cfg.optim.ema_decay > 0 else None
-    state = TrainingState()
-    if restored is not None:
-        state, ema = _resume_into(restored, optimizer, params, scaler, ema, world.device)
-    state.extra["train_config"] = json.dumps(dataclasses.asdict(cfg), default=str)
+    optimizer, scaler, ema, state = _optimization(cfg, world, params, trainable, lr, restored)
     total_steps = _total_steps(cfg, loader)
+    val = None if cfg.benchmark else _open_val(cfg, val_paths, world, model_cfg, category_map)
+    notes += [line for line in [val and val.dataset.stats.report("val")] if line]
+    if cfg.overwrite and _writes(cfg, world) and (removed := rundir.clear(Path(cfg.output))):
+        notes.append(f"--overwrite: removed the {len(removed)} files of the earlier run")
     dash = Dashboard(Path(cfg.output), total_steps, state.step, enabled=_writes(cfg, world))
     checkpointer = Checkpointer(
         Path(cfg.output), cfg.checkpoint_every, cfg.keep_checkpoints,
         writer=_writes(cfg, world), log=dash.log,
     )  # fmt: skip
     checkpointer.prepare()
-    val = None if cfg.benchmark else _open_val(cfg, val_paths, world, model_cfg, category_map)
     options = StepOptions(cfg.compile, cfg.precision.dtype, cfg.precision.channels_last)
     run = Run(
         cfg=cfg,
@@ -161,10 +192,23 @@ def build(cfg: TrainConfig, world: distributed.World) -> Run:
         dash=dash,
         total_steps=total_steps,
         peak_lr=lr,
+        stop=stop,
     )
     for line in [*notes, _summary_line(run, len(train_set), restored is not None)]:
         dash.log(line)
     return run
+
+
+def _check_run_dir(cfg: TrainConfig) -> None:
+    """A new run never replaces another: refused here, before anything is loaded."""
+    if cfg.benchmark:
+        return
+    output = Path(cfg.output).resolve()
+    resuming_it = cfg.resume is not None and output in (
+        Path(cfg.resume).resolve(),
+        run_dir_of(Path(cfg.resume)).resolve(),
+    )
+    rundir.check_free(Path(cfg.output), overwrite=cfg.overwrite, resuming_it=resuming_it)
 
 
 def _writes(cfg: TrainConfig, world: distributed.World) -> bool:
@@ -194,7 +238,23 @@ def _restore(cfg: TrainConfig, notes: list[str]) -> checkpoint.Restored | None:
         return None
     path, restored = checkpoint.restore(Path(cfg.resume), notes.append)
     notes.append(f"resuming from {path} (step {restored.state.step})")
+    stored = restored.state.extra.get("train_config")
+    if stored is not None:
+        changes = describe_changes(train_config_from_dict(json.loads(stored)), cfg)
+        notes += [f"changed on resume: {', '.join(changes)}"] if changes else []
     return restored
+
+
+def _optimization(cfg: TrainConfig, world, params: Params, trainable: list[str], lr, restored):
+    """SGD, the loss scaler, the EMA and the training state, fresh or restored."""
+    optimizer = make_sgd(params, trainable, cfg.optim, lr)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=cfg.precision.dtype == "fp16")
+    ema = {k: v.detach().clone() for k, v in params.items()} if cfg.optim.ema_decay > 0 else None
+    state = TrainingState()
+    if restored is not None:
+        state, ema = _resume_into(restored, optimizer, params, scaler, ema, world.device)
+    state.extra["train_config"] = json.dumps(dataclasses.asdict(cfg), default=str)
+    return optimizer, scaler, ema, state
 
 
 def _resume_into(restored, optimizer, params, scaler, ema, device):
@@ -235,7 +295,11 @@ def _initial_params(cfg: TrainConfig, model_cfg: ModelConfig, notes: list[str]) 
     if backbone_file is None and model_cfg.backbone.arch == "tf_efficientnet_lite0":
         backbone_file, source = lite0_imagenet_file(), "lukemelas"
     if backbone_file is None:
-        notes.append("backbone: random initialisation (no --model.backbone-weights)")
+        notes.append(
+            "warning: the backbone starts from random weights, where the reference recipes start "
+            "from ImageNet weights — pass --model.backbone-weights FILE with "
+            "--model.backbone-source timm|torchvision|lukemelas|effdet (README: Importing weights)"
+        )
         return model.init(model_cfg, seed=cfg.seed)
     notes.append(f"backbone: ImageNet weights from {backbone_file}")
     return weights.load(backbone_file, model_cfg, source=source, part="backbone", seed=cfg.seed)
@@ -262,6 +326,7 @@ def _train_loader(cfg: TrainConfig, world, train_set, model_cfg: ModelConfig) ->
         world_size=world.world_size,
         augment=Augment(scale_range=(data.scale_min, data.scale_max), hflip=data.hflip),
         num_workers=data.num_workers,
+        bad_images=data.bad_images,
     )
 
 

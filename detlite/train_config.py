@@ -6,11 +6,15 @@ and `coco`, the NVIDIA / paper recipe for COCO. Every field can then be overridd
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .data import DataConfig
+from .distributed import DistConfig
 from .optim import OptimConfig, ScheduleConfig
 from .steps import CompileMode, Precision
 
@@ -59,6 +63,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     epochs: int = 300
     """Passes over the training set (each rank sees 1/world_size of every epoch)."""
     steps: int | None = None
@@ -80,7 +85,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     """How many step checkpoints to keep (best.safetensors is kept besides)."""
     resume: Path | None = None
-    """Continue a run exactly from a training checkpoint (or the newest one in a directory)."""
+    """Continue a run exactly: its run directory (the newest readable checkpoint in it) or one
+    training checkpoint. The run's own settings are restored; flags given beside it override
+    only themselves, and changes that cannot continue exactly (model, data) are refused."""
+    overwrite: bool = False
+    """Replace the run already in --output (its checkpoints, best.safetensors, metrics)."""
     eval_every: int = 0
     """Steps between evaluations on the val split (0: only at the end)."""
     log_every: int = 10
@@ -128,3 +137,33 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
         _COCO,
     ),
 }
+
+
+def _from_json_value(annotation: Any, value: Any) -> Any:
+    """A JSON value (as `dataclasses.asdict` + `json.dumps(default=str)` wrote it) back in the
+    type its field is annotated with: nested configs, paths, tuples."""
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(annotation):
+        return _dataclass_from_dict(annotation, value)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return _from_json_value(args[0], value) if len(args) == 1 else value
+    if annotation is Path:
+        return Path(value)
+    if typing.get_origin(annotation) is tuple:
+        return tuple(value)
+    return value
+
+
+def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    # Fields a newer version added take their defaults; fields it dropped are ignored.
+    values = {k: _from_json_value(hints[k], v) for k, v in data.items() if k in known}
+    return cls(**values)
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """The `TrainConfig` whose `dataclasses.asdict` (through JSON) is `data`."""
+    return _dataclass_from_dict(TrainConfig, data)

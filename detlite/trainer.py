@@ -10,23 +10,31 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 
-from . import distributed
+from . import distributed, validate
 from .benchmark import benchmark
+from .errors import DetliteError, Interrupted
 from .optim import lr_at
 from .run import Run, build
+from .stopping import StopRequest
 from .train_config import TrainConfig
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run training (and the final evaluation); returns a summary dict."""
-    world = distributed.setup(cfg.device)
+    validate.check_train_config(cfg)
+    world = distributed.setup(cfg.device, cfg.dist.timeout)
     try:
-        run = build(cfg, world)
-        return benchmark(run) if cfg.benchmark else _loop(run)
+        with StopRequest() as stop:
+            run = build(cfg, world, stop)
+            try:
+                return benchmark(run) if cfg.benchmark else _loop(run)
+            finally:
+                run.close()
     finally:
         distributed.teardown()
 
@@ -43,16 +51,21 @@ def _loop(run: Run) -> dict[str, Any]:
         losses = run.step(batch, lr)
         step += 1
         window.add(run.global_batch, int(batch["num_overflow"]))
+        run.report_unreadable(batch["unreadable"])
         if step % cfg.log_every == 0 or step == run.total_steps:
             last = _log(run, step, losses, lr, window)
         else:
             run.dash.advance(step)
+        if run.stop_agreed():
+            _stop(run, step, _save(run, step))
         saved = False
         if _due(cfg.eval_every, step, run.total_steps) and run.val is not None:
-            metric = run.evaluate(step)["AP"]
-            saved = metric > run.state.best_metric and run.save(step, metric=metric)
+            metric = _evaluate(run, step)["AP"]
+            saved = run.checkpointer.is_best(metric, run.state)
+            if saved:
+                _save(run, step, metric)
         if run.checkpointer.due(step, run.total_steps) and not saved:
-            run.save(step)
+            _save(run, step)
     return _finish(run, step, last)
 
 
@@ -61,14 +74,67 @@ def _due(every: int, step: int, total_steps: int) -> bool:
     return every > 0 and step % every == 0 and step < total_steps
 
 
+def _save(run: Run, step: int, metric: float | None = None, final: bool = False) -> Path:
+    """A checkpoint of `step`, after checking that the weights are finite (a checkpoint of
+    diverged weights would only hide the good one before it)."""
+    weights = [v for v in run.params.values() if v.is_floating_point()]
+    if not torch.stack(torch._foreach_norm(weights)).isfinite().all():
+        _check_finite(run, step, float("nan"), what="weights")
+    return run.save(step, metric=metric, final=final)
+
+
+def _check_finite(run: Run, step: int, total: float, what: str = "loss") -> None:
+    if math.isfinite(total) or (what == "loss" and run.cfg.precision.dtype == "fp16"):
+        return  # fp16: the GradScaler skips an overflowed step and lowers its scale
+    newest = run.checkpointer.newest()
+    where = (
+        f"the newest good checkpoint is {newest} (continue from it with --resume "
+        f"{run.cfg.output} and a lower --optim.lr)"
+        if newest is not None
+        else "no checkpoint was written yet (start again with a lower --optim.lr)"
+    )
+    precision = "" if run.cfg.precision.dtype == "fp32" else " (or --precision.dtype fp32)"
+    raise DetliteError(
+        f"the {what} became {total if what == 'loss' else 'non-finite'} at step {step}: "
+        f"training diverged; {where}{precision}"
+    )
+
+
+def _stop(run: Run, step: int, path: Path) -> NoReturn:
+    """End the run after a stop signal; its state is saved at `path`."""
+    signum = run.stop.signum or 15  # another rank got the signal: stop as for SIGTERM
+    raise Interrupted(
+        f"stopped by {run.stop.name or 'a signal on another rank'} at step {step}; saved {path} "
+        f"— continue with: python train.py --resume {run.cfg.output}",
+        signum,
+    )
+
+
+def _evaluate(run: Run, step: int) -> dict[str, float]:
+    """A mid-run evaluation; a stop signal during it saves the step and ends the run."""
+    try:
+        return run.evaluate(step)
+    except Interrupted:
+        _stop(run, step, _save(run, step))
+
+
 def _finish(run: Run, step: int, last: dict[str, Any]) -> dict[str, Any]:
-    """Final evaluation and checkpoint (best.safetensors too when the run is the best)."""
+    """The final checkpoint, then the final evaluation (a crash or a signal during it loses
+    nothing), then best.safetensors when the final weights are the best."""
     summary: dict[str, Any] = {"steps": step, "last": last, "run_dir": str(run.cfg.output)}
-    metric = None
-    if run.val is not None and not run.cfg.skip_eval:
-        summary["metrics"] = run.evaluate(step)
-        metric = summary["metrics"]["AP"]
-    run.save(step, metric=metric, final=True)
+    evaluating = run.val is not None and not run.cfg.skip_eval
+    path = _save(run, step, final=not evaluating)
+    if evaluating:
+        try:
+            summary["metrics"] = run.evaluate(step)
+        except Interrupted as stopped:
+            raise Interrupted(
+                f"{stopped} at the end of training; the final checkpoint {path} is saved — "
+                f"evaluate it with: python eval.py {path}",
+                run.stop.signum or 15,
+            ) from None
+        if run.checkpointer.is_best(summary["metrics"]["AP"], run.state):
+            run.save(step, metric=summary["metrics"]["AP"])
     run.dash.close()
     return summary
 
@@ -95,11 +161,7 @@ def _log(run: Run, step: int, losses, lr: float, window: _Window) -> dict[str, A
     """Synchronise and record the losses of `step` (it happens only every --log-every steps)."""
     summed = distributed.all_reduce_sum(torch.stack([t.detach() for t in losses]))
     total, cls_loss, box_loss = summed.tolist()  # each rank held its share of the global loss
-    if not math.isfinite(total):
-        raise FloatingPointError(
-            f"loss became {total} at step {step}; lower --optim.lr, or use "
-            "--precision.dtype bf16/fp32 (fp16 without a scaler overflows)"
-        )
+    _check_finite(run, step, total)
     record = {
         "loss": total,
         "cls_loss": cls_loss,

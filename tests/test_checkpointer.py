@@ -53,15 +53,18 @@ def test_best_follows_the_metric_and_holds_ema_weights(tmp_path, small):
     ckpt.prepare()
     state = TrainingState()
     tensors = _tensors(params, ema_shift=1.0)
-    assert ckpt.save(2, tensors, cfg, state, CATEGORIES, metric=0.3)
-    assert not ckpt.save(4, tensors, cfg, state, CATEGORIES, metric=0.2)
+    path = ckpt.save(2, tensors, cfg, state, CATEGORIES, metric=0.3)
+    assert path == tmp_path / "checkpoints" / "step-00000002.safetensors" and path.is_file()
+    assert state.best_step == 2 and ckpt.is_best(0.31, state) and not ckpt.is_best(0.3, state)
+    ckpt.save(4, tensors, cfg, state, CATEGORIES, metric=0.2)
     assert (state.best_metric, state.best_step) == (0.3, 2)
+    assert ckpt.newest() == tmp_path / "checkpoints" / "step-00000004.safetensors"
     meta = checkpoint.read_metadata(tmp_path / "best.safetensors")
     assert meta["step"] == "2"
     best, _ = checkpoint.load(tmp_path / "best.safetensors")
     assert all(torch.equal(best[k], tensors.ema[k]) for k in best)
     # The end of a run that evaluated before: a final save without a metric keeps the best.
-    ckpt.save(6, tensors, cfg, state, CATEGORIES, final=True)
+    ckpt.save(6, tensors, cfg, state, CATEGORIES, best_if_unevaluated=True)
     assert checkpoint.read_metadata(tmp_path / "best.safetensors")["step"] == "2"
     assert len(list((tmp_path / "checkpoints").iterdir())) == 3  # keep=0 keeps all
 
@@ -70,7 +73,7 @@ def test_a_run_that_never_evaluated_gets_its_final_weights_as_best(tmp_path, sma
     cfg, params = small
     ckpt, _ = _checkpointer(tmp_path)
     ckpt.prepare()
-    ckpt.save(3, _tensors(params), cfg, TrainingState(), CATEGORIES, final=True)
+    ckpt.save(3, _tensors(params), cfg, TrainingState(), CATEGORIES, best_if_unevaluated=True)
     assert checkpoint.read_metadata(tmp_path / "best.safetensors")["step"] == "3"
 
 
@@ -79,7 +82,7 @@ def test_other_ranks_keep_the_bookkeeping_but_write_nothing(tmp_path, small):
     ckpt, _ = _checkpointer(tmp_path, writer=False)
     ckpt.prepare()
     state = TrainingState()
-    assert ckpt.save(2, _tensors(params), cfg, state, CATEGORIES, metric=0.5)
+    ckpt.save(2, _tensors(params), cfg, state, CATEGORIES, metric=0.5)
     assert state.best_step == 2 and list(tmp_path.iterdir()) == []
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from torchvision.io import write_jpeg, write_png
 
 from detlite.data.coco import CategoryMap, CocoDetection, UnreadableImageError
+from detlite.errors import DataError
 from detlite.labels import IGNORE
 
 CATEGORIES = [
@@ -107,6 +108,15 @@ def test_loading_remaps_ids_and_keeps_crowds_and_negatives(tiny_coco) -> None:
     assert rgba.labels.tolist() == [0]
 
 
+def test_dropped_boxes_are_counted_and_named(tiny_coco) -> None:
+    stats = CocoDetection(*tiny_coco).stats
+    assert stats.degenerate == 2 and stats.degenerate_ids == (3, 7)
+    assert stats.report("train") == (
+        "train: dropped 2 box(es) under 1 px wide or high after clipping to their image "
+        "(annotation ids 3, 7)"
+    )
+
+
 def test_given_category_map_is_used_and_checked(tiny_coco) -> None:
     wider = CategoryMap(ids=(1, 5, 7, 90), names=("person", "bus", "train", "toothbrush"))
     dataset = CocoDetection(*tiny_coco, category_map=wider)
@@ -119,12 +129,15 @@ def test_given_category_map_is_used_and_checked(tiny_coco) -> None:
 def test_unreadable_image_names_the_file(tiny_coco) -> None:
     annotation_file, images = tiny_coco
     (images / "rgb.jpg").write_bytes(b"this is not a jpeg")
-    (images / "gray.png").unlink()
     dataset = CocoDetection(annotation_file, images)
+    (images / "gray.png").unlink()  # gone after the dataset was built
     with pytest.raises(UnreadableImageError, match=r"rgb\.jpg"):
         dataset[1]
     with pytest.raises(UnreadableImageError, match=r"gray\.png"):
         dataset[0]
+    # Missing when the dataset is built: found then, every missing file counted.
+    with pytest.raises(DataError, match=r"1 of 3 image files are not in .*\(gray\.png\)"):
+        CocoDetection(annotation_file, images)
 
 
 def test_size_mismatch_with_the_json_is_an_error(tiny_coco) -> None:

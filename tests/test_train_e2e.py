@@ -115,9 +115,12 @@ def test_resume_refuses_corrupt_and_weights_only_files(first_run, tiny_coco, tmp
 
 
 def test_missing_data_names_the_flag(tmp_path):
-    cfg = train_cli.parse(["builtin", "--data.root", str(tmp_path / "nowhere")])
+    cfg = train_cli.parse(
+        ["builtin", "--data.root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run")]
+    )
     with pytest.raises(FileNotFoundError, match="--data"):
         train(cfg)
+    assert not (tmp_path / "run").exists()  # nothing created before the inputs are valid
 
 
 def test_retired_fused_ops_flag_is_accepted_and_explained():
@@ -126,3 +129,29 @@ def test_retired_fused_ops_flag_is_accepted_and_explained():
     assert _deprecation_notes(train_cli.parse([])) == []
     (note,) = _deprecation_notes(train_cli.parse(["--model.no-fused-ops"]))
     assert "--model.no-fused-ops has no effect" in note
+
+
+def test_overwrite_replaces_the_earlier_run(first_run, tiny_coco, tmp_path):
+    import shutil
+
+    out, _ = first_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    train(train_cli.parse(_args(tiny_coco, again, "--overwrite", "--steps", "2", "--skip-eval")))
+    assert sorted(p.name for p in (again / "checkpoints").iterdir()) == [
+        "step-00000002.safetensors"
+    ]
+    assert sorted(_losses(again)) == [1, 2]  # metrics of the earlier run are gone
+    assert not (again / "eval-step4.json").exists()
+    assert checkpoint.read_metadata(again / "best.safetensors")["step"] == "2"
+
+
+def test_random_backbone_is_said_loudly():
+    from detlite import config
+    from detlite.run import _initial_params
+
+    cfg = train_cli.parse(["coco"])
+    notes: list[str] = []
+    _initial_params(cfg, config.preset("d0", num_classes=3, image_size=128), notes)
+    assert notes and notes[0].startswith("warning: the backbone starts from random weights")
+    assert "--model.backbone-weights" in notes[0]

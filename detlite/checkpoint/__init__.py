@@ -7,7 +7,7 @@ checkpoint.save_training / load_training         full training state (training.p
 checkpoint.Checkpointer                          a run's interval, retention, best and resume
 """
 
-from .checkpointer import Checkpointer, restore, step_path
+from .checkpointer import Checkpointer, find_resume, restore, step_path
 from .files import (
     FORMAT,
     TRAIN_FORMAT,
@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write",
     "category_map",
     "check_params",
+    "find_resume",
     "load",
     "load_training",
     "read_metadata",

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from ..config import ModelConfig
 from ..data.coco import CategoryMap
+from ..errors import PathError
+from ..rundir import BEST, CHECKPOINTS, STEP_GLOB
 from . import files, training
-
-STEP_GLOB = "step-*.safetensors"
 
 
 def step_path(directory: Path, step: int) -> Path:
@@ -39,8 +41,8 @@ class Checkpointer:
         self, run_dir: Path, every: int, keep: int, *, writer: bool, log: Callable[[str], None]
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.directory = self.run_dir / "checkpoints"
-        self.best_path = self.run_dir / "best.safetensors"
+        self.directory = self.run_dir / CHECKPOINTS
+        self.best_path = self.run_dir / BEST
         self.every = every
         self.keep = keep
         self.writer = writer
@@ -74,24 +76,46 @@ class Checkpointer:
         category_map: CategoryMap,
         *,
         metric: float | None = None,
-        final: bool = False,
-    ) -> bool:
+        best_if_unevaluated: bool = False,
+    ) -> Path:
         """Write the training checkpoint of `step`, prune old ones, and update best.safetensors
-        when `metric` (AP) beats the best so far — or, at the end of a run that never evaluated,
-        with the final weights. Returns whether this step became the best."""
+        when `metric` (AP) beats the best so far — or, with `best_if_unevaluated` (the end of a
+        run), with these weights if no evaluation ever ran. Returns the checkpoint's path."""
         state.step = step
         best = metric is not None and metric > state.best_metric
         if best:
             state.best_metric, state.best_step = metric, step
+        path = step_path(self.directory, step)
         if not self.writer:
-            return best
-        training.save(step_path(self.directory, step), tensors, cfg, state, category_map)
+            return path
+        self._write(path, lambda: training.save(path, tensors, cfg, state, category_map))
         self._prune()
-        if best or (final and state.best_step < 0):
+        if best or (best_if_unevaluated and state.best_step < 0):
             weights = tensors.ema if tensors.ema is not None else tensors.params
             meta = {files.CATEGORY_MAP_KEY: category_map.to_json(), "step": str(step)}
-            files.save(self.best_path, weights, cfg, meta)
-        return best
+            self._write(self.best_path, lambda: files.save(self.best_path, weights, cfg, meta))
+        return path
+
+    def is_best(self, metric: float, state: training.TrainingState) -> bool:
+        return metric > state.best_metric
+
+    def newest(self) -> Path | None:
+        """The newest step checkpoint on disk (the one a `--resume` of this run would take)."""
+        found = sorted(self.directory.glob(STEP_GLOB))
+        return found[-1] if found else None
+
+    def _write(self, path: Path, write: Callable[[], None]) -> None:
+        """Run an (atomic) write; a failure is a clear error, earlier checkpoints are intact."""
+        try:
+            write()
+        except (OSError, SafetensorError) as error:
+            previous = self.newest()
+            kept = f"; {previous} is intact" if previous is not None and previous != path else ""
+            raise files.CheckpointError(
+                f"could not write {path}: {getattr(error, 'strerror', None) or error} — free space "
+                "on that disk "
+                f"or choose another --output{kept}"
+            ) from None
 
     def _prune(self) -> None:
         if self.keep <= 0:
@@ -100,23 +124,39 @@ class Checkpointer:
             old.unlink(missing_ok=True)
 
 
-def restore(path: Path, log: Callable[[str], None]) -> tuple[Path, training.Restored]:
-    """The checkpoint `--resume PATH` continues from, read: the file itself, or the newest
-    readable step checkpoint of a run directory (a truncated newer one is reported and
-    passed over)."""
+def find_resume(path: Path, log: Callable[[str], None]) -> Path:
+    """The training checkpoint `--resume PATH` continues from: the file itself, or the newest
+    step checkpoint of a run directory whose header reads back (a truncated newer one is
+    reported and passed over; temporary files of interrupted writes never match)."""
     path = Path(path)
     if not path.is_dir():
         if not path.exists():
-            raise FileNotFoundError(f"--resume {path}: no such file or run directory")
-        return path, training.load(path, device="cpu")
+            raise PathError(f"--resume {path}: no such file or run directory")
+        _check_training_file(path)
+        return path
     found = sorted((path / "checkpoints").glob(STEP_GLOB)) or sorted(path.glob(STEP_GLOB))
     if not found:
-        raise FileNotFoundError(f"--resume {path}: no {STEP_GLOB} checkpoint in it")
+        raise files.CheckpointError(f"--resume {path}: no {STEP_GLOB} checkpoint in it")
     for candidate in reversed(found):
         try:
-            return candidate, training.load(candidate, device="cpu")
+            _check_training_file(candidate)
+            return candidate
         except files.CheckpointError as error:
             log(f"--resume: skipping {candidate.name}, which is unreadable ({error})")
     raise files.CheckpointError(
         f"--resume {path}: none of its {len(found)} step checkpoints is readable; start a new run"
     )
+
+
+def _check_training_file(path: Path) -> None:
+    if files.read_metadata(path).get(files.FORMAT_KEY) != files.TRAIN_FORMAT:
+        raise files.CheckpointError(
+            f"{path}: a weights-only checkpoint cannot resume a run; pass it as "
+            "--model.init-checkpoint to start a new run from its weights"
+        )
+
+
+def restore(path: Path, log: Callable[[str], None]) -> tuple[Path, training.Restored]:
+    """`find_resume`, then the checkpoint read."""
+    found = find_resume(path, log)
+    return found, training.load(found, device="cpu")

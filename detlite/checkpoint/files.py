@@ -21,6 +21,7 @@ from torch import Tensor
 from .. import config as config_lib
 from ..config import ModelConfig
 from ..data.coco import CategoryMap
+from ..errors import DetliteError
 
 FORMAT = "detlite-params-v1"
 # A training checkpoint (training.py) holds params, EMA, optimizer state and RNG states under
@@ -34,8 +35,8 @@ CATEGORY_MAP_KEY = "category_map"
 TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
 
 
-class CheckpointError(ValueError):
-    """A file that is not a readable detlite checkpoint."""
+class CheckpointError(DetliteError, ValueError):
+    """A file that is not a readable detlite checkpoint (or lacks what was asked of it)."""
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -111,23 +112,32 @@ def read_tensors(
 
 
 def load(
-    path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "ema"
+    path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "auto"
 ) -> tuple[dict[str, Tensor], ModelConfig]:
     """Read a checkpoint; returns (params, cfg). Refuses corrupt files with a clear message.
 
-    For a training checkpoint, `weights` picks the EMA weights ("ema", the default, as the
-    reference evaluates) or the raw ones ("params"); a run without EMA falls back to "params".
+    For a training checkpoint, `weights` picks the EMA weights ("ema", as the reference
+    evaluates) or the raw ones ("params"); "auto" takes the EMA when the run kept one. Asking
+    for weights a file does not hold is an error, never a silent substitute.
     """
+    if weights not in ("auto", "ema", "params"):
+        raise ValueError(f"weights must be 'auto', 'ema' or 'params', got {weights!r}")
     meta = read_metadata(path)
     cfg = model_config(meta, path)
-    if meta[FORMAT_KEY] == TRAIN_FORMAT:
-        if weights not in ("ema", "params"):
-            raise ValueError(f"weights must be 'ema' or 'params', got {weights!r}")
-        params = read_tensors(path, f"{weights}/", device)
-        if not params and weights == "ema":
-            params = read_tensors(path, "params/", device)
-    else:
-        params = read_tensors(path, "", device)
+    if meta[FORMAT_KEY] != TRAIN_FORMAT:
+        if weights != "auto":
+            raise CheckpointError(
+                f"{path} is a weights-only file with one set of weights; --weights {weights} "
+                "chooses between the raw and EMA weights of a training checkpoint — drop it"
+            )
+        return check_params(read_tensors(path, "", device), cfg, source=str(path)), cfg
+    params = read_tensors(path, "ema/", device) if weights in ("auto", "ema") else {}
+    if not params and weights == "ema":
+        raise CheckpointError(
+            f"{path}: the run kept no EMA weights (--optim.ema-decay 0) — use --weights params"
+        )
+    if not params:
+        params = read_tensors(path, "params/", device)
     return check_params(params, cfg, source=str(path)), cfg
 
 

@@ -1,25 +1,24 @@
 """COCO-format detection data: a JSON annotation file plus a folder of images.
 
-Annotations are read once with pycocotools and kept in flat numpy arrays (not per-image Python
-objects), so data-loader workers forked from the main process share them without copying.
+Annotations are read once, checked (annotations.py), and kept in flat numpy arrays (not
+per-image Python objects), so data-loader workers forked from the main process share them
+without copying. Every image file is checked to exist when the dataset is built.
 
 What happens to each annotation:
 - `bbox [x, y, w, h]` becomes `x1, y1, x2, y2`, clipped to the image;
 - category ids (any sparse set, e.g. 1, 7, 90) become contiguous labels 0..C-1 in ascending id
   order (`CategoryMap`);
 - `iscrowd=1` or `ignore=1` becomes label `IGNORE` (-2): an ignore region, never a positive;
-- boxes with width or height under 1 px (after clipping) are dropped and counted;
+- boxes with width or height under 1 px (after clipping; empty, negative or outside the image)
+  are dropped and counted, their ids kept for the report (`CocoStats`);
 - images without any annotation are kept as negatives.
 
-An image that cannot be read or decoded raises `UnreadableImageError` naming the file. We do not
-skip such images during training: a silent skip would shrink the data unnoticed and change which
-sample a given index means, and resumed runs rely on that mapping being fixed.
+An image that cannot be read or decoded raises `UnreadableImageError` naming the file; the
+training loader decides what to do with it (`--data.bad-images`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -31,10 +30,14 @@ import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from detlite.data.annotations import load_coco
+from detlite.errors import DataError
 from detlite.labels import IGNORE
 
+_SHOWN = 5  # ids or files listed in a message
 
-class UnreadableImageError(RuntimeError):
+
+class UnreadableImageError(DataError, RuntimeError):
     """An image file is missing, unreadable or not a decodable image."""
 
 
@@ -49,6 +52,8 @@ class Sample(NamedTuple):
     """int64 `[N]`: contiguous class >= 0, or `IGNORE` (-2) for crowd / ignore regions."""
     image_id: int
     """The image's id in the annotation file (or its index for `ImageFolder`)."""
+    unreadable: tuple[str, ...] = ()
+    """Why the images skipped in favour of this one could not be read (training only)."""
 
 
 @dataclass(frozen=True)
@@ -122,14 +127,19 @@ class CocoStats:
     """Boxes dropped because width or height was under 1 px after clipping to the image."""
     negatives: int
     """Images with no box at all (kept)."""
+    degenerate_ids: tuple[int, ...] = ()
+    """Annotation ids of the first dropped boxes."""
 
-
-def load_coco(annotation_file: str | os.PathLike):
-    """pycocotools `COCO` for the file, without its progress prints on stdout."""
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
+    def report(self, name: str) -> str | None:
+        """One line on the dropped boxes of split `name`, or None when none were dropped."""
+        if not self.degenerate:
+            return None
+        ids = ", ".join(map(str, self.degenerate_ids))
+        more = ", ..." if self.degenerate > len(self.degenerate_ids) else ""
+        return (
+            f"{name}: dropped {self.degenerate} box(es) under 1 px wide or high after clipping "
+            f"to their image (annotation ids {ids}{more})"
+        )
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
@@ -138,7 +148,9 @@ def read_image(path: str | os.PathLike) -> Tensor:
         data = read_file(str(path))
         return decode_image(data, mode=ImageReadMode.RGB)
     except Exception as err:  # torchvision raises RuntimeError / ValueError / OSError variously
-        raise UnreadableImageError(f"cannot read image {path}: {err}") from err
+        # torchvision prefixes its reason with the C++ source location; the reason is the end.
+        reason = str(err).rsplit(", ", 1)[-1].strip() or type(err).__name__
+        raise UnreadableImageError(f"cannot read image {path}: {reason}") from err
 
 
 class CocoDetection:
@@ -172,11 +184,21 @@ class CocoDetection:
         self._image_ids = np.asarray(image_ids, dtype=np.int64)
         infos = coco.loadImgs(image_ids)
         self._file_names = np.asarray([info["file_name"] for info in infos])
-        # Sizes from the JSON; 0 where the file does not give them (checked on decode otherwise).
-        self._sizes = np.asarray(
-            [(info.get("height", 0), info.get("width", 0)) for info in infos], dtype=np.int64
-        )
+        self._sizes = np.asarray([(info["height"], info["width"]) for info in infos], np.int64)
+        self._check_files()
         self._read_boxes(coco, image_ids)
+
+    def _check_files(self) -> None:
+        """Every image file exists (found now, not after hours of training)."""
+        if not self.image_dir.is_dir():
+            raise DataError(f"{self.image_dir}: no such image folder (for {self.annotation_file})")
+        missing = [str(f) for f in self._file_names if not (self.image_dir / str(f)).is_file()]
+        if missing:
+            listed = ", ".join(missing[:_SHOWN]) + (", ..." if len(missing) > _SHOWN else "")
+            raise DataError(
+                f"{self.annotation_file}: {len(missing)} of {len(self)} image files are not in "
+                f"{self.image_dir} ({listed}) — check the image folder flag or the file names"
+            )
 
     def _read_boxes(self, coco, image_ids: list[int]) -> None:
         """Flat box, label and per-image offset arrays, and the statistics of what was kept."""
@@ -184,12 +206,13 @@ class CocoDetection:
         boxes: list[list[float]] = []
         labels: list[int] = []
         offsets = [0]
-        degenerate = negatives = 0
+        degenerate: list[int] = []
+        negatives = 0
         for image_id, (height, width) in zip(image_ids, self._sizes.tolist(), strict=True):
             for ann in coco.imgToAnns.get(image_id, []):
                 box = _clipped_xyxy(ann["bbox"], height, width)
                 if box is None:
-                    degenerate += 1
+                    degenerate.append(ann["id"])
                     continue
                 boxes.append(box)
                 labels.append(self._label(ann, label_of))
@@ -204,8 +227,9 @@ class CocoDetection:
             images=len(image_ids),
             boxes=len(boxes) - crowd,
             crowd=crowd,
-            degenerate=degenerate,
+            degenerate=len(degenerate),
             negatives=negatives,
+            degenerate_ids=tuple(degenerate[:_SHOWN]),
         )
 
     def _label(self, ann: dict, label_of: dict[int, int]) -> int:
@@ -243,7 +267,7 @@ class CocoDetection:
         path = self.image_path(index)
         image = read_image(path)
         height, width = self._sizes[index].tolist()
-        if height > 0 and width > 0 and tuple(image.shape[-2:]) != (height, width):
+        if tuple(image.shape[-2:]) != (height, width):
             raise UnreadableImageError(
                 f"image {path} decodes to {tuple(image.shape[-2:])} (height, width) but the "
                 f"annotation file says ({height}, {width}); its boxes would not line up"
@@ -253,13 +277,11 @@ class CocoDetection:
 
 
 def _clipped_xyxy(bbox, height: int, width: int) -> list[float] | None:
-    """COCO `[x, y, w, h]` as `[x1, y1, x2, y2]` clipped to the image (when its size is known),
-    or None when the box is under 1 px wide or high."""
+    """COCO `[x, y, w, h]` as `[x1, y1, x2, y2]` clipped to the image, or None when the result
+    is under 1 px wide or high (empty, negative or outside the image)."""
     x, y, w, h = (float(v) for v in bbox)
-    x1, y1, x2, y2 = x, y, x + w, y + h
-    if width > 0 and height > 0:
-        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    x1, x2 = min(max(x, 0.0), width), min(max(x + w, 0.0), width)
+    y1, y2 = min(max(y, 0.0), height), min(max(y + h, 0.0), height)
     if x2 - x1 < 1.0 or y2 - y1 < 1.0:
         return None
     return [x1, y1, x2, y2]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from detlite.data.builtin import ensure_builtin
+from detlite.errors import ConfigError, PathError
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class DataConfig(EvalDataConfig):
     scale_max: float = 2.0
     """Random scale jitter of the input size (the paper's 0.1–2.0)."""
     hflip: float = 0.5
+    bad_images: Literal["skip", "error"] = "skip"
+    """A training image that exists but cannot be decoded: replace it by the next readable one
+    (counted and logged), or stop the run. Evaluation always stops, naming the file."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,8 @@ def _split(cfg: EvalDataConfig, name: str, json_file: Path | None, images: Path 
         json_file = json_file or Path(cfg.root) / json_default
         images = images or Path(cfg.root) / images_default
     if json_file is None or images is None:
-        raise ValueError(f"{flags[0]} and {flags[1]} must be given together (or --data.root)")
+        raise ConfigError(f"{flags[0]} and {flags[1]} must be given together (or --data.root)")
     for path, flag in zip((json_file, images), flags, strict=True):
         if not Path(path).exists():
-            raise FileNotFoundError(f"{path} does not exist (set {flag} or --data.root)")
+            raise PathError(f"{path} does not exist (set {flag} or --data.root)")
     return SplitPaths(Path(json_file), Path(images))

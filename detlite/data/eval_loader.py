@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from detlite.data.coco import Sample, read_image
 from detlite.data.loader import worker_kwargs
 from detlite.data.transforms import DEFAULT_FILL, Size, as_hw, eval_transform
+from detlite.errors import PathError
 
 
 class EvalBatch(TypedDict):
@@ -116,15 +117,15 @@ class ImageFolder:
     def __init__(self, path: str | os.PathLike) -> None:
         self.root = Path(path)
         if not self.root.is_dir():
-            raise NotADirectoryError(f"{self.root} is not a directory")
+            raise PathError(f"--predict {self.root}: not a directory of images")
         self.paths = sorted(
             p
             for p in self.root.rglob("*")
             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
         )
         if not self.paths:
-            raise FileNotFoundError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}"
+            raise PathError(
+                f"--predict {self.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under it"
             )
 
     def __len__(self) -> int:

@@ -16,22 +16,24 @@ of steps, and the samples of global step s are the same whatever the number of r
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
-from typing import Any, TypedDict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from detlite.data.coco import Sample
+from detlite.data.coco import Sample, UnreadableImageError
 from detlite.data.transforms import (
     Augment,
     Size,
     as_hw,
     train_transform,
 )
+from detlite.errors import DataError, DetliteError
 from detlite.labels import BACKGROUND
+from detlite.stopping import quiet_worker
 
 
 class TrainBatch(TypedDict):
@@ -47,6 +49,8 @@ class TrainBatch(TypedDict):
     """int64 `[B]`."""
     num_overflow: int
     """Boxes dropped from this batch because an image had more than M."""
+    unreadable: list[str]
+    """Why each image replaced in this batch could not be read (`--data.bad-images skip`)."""
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -109,18 +113,46 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return self.steps_per_epoch - self.start_step
 
 
-class _Augmented(Dataset):
-    """`dataset[(index, epoch)]` -> the sample with its training augmentation applied."""
+BadImages = Literal["skip", "error"]
+MAX_CONSECUTIVE_UNREADABLE = 16
 
-    def __init__(self, dataset: Any, image_size: Size, seed: int, augment: Augment) -> None:
+
+class _Augmented(Dataset):
+    """`dataset[(index, epoch)]` -> the sample with its training augmentation applied.
+
+    An image that cannot be decoded is replaced by the next readable one in index order with
+    `bad_images="skip"` (deterministic, so a resumed run sees the same data) and reported in
+    the sample's `unreadable`; with "error" it stops the run.
+    """
+
+    def __init__(
+        self, dataset: Any, image_size: Size, seed: int, augment: Augment, bad_images: BadImages
+    ) -> None:
         self.dataset = dataset
         self.image_size = as_hw(image_size)
         self.seed = seed
         self.augment = augment
+        self.bad_images = bad_images
+
+    def _readable(self, index: int) -> Sample:
+        skipped: list[str] = []
+        for offset in range(min(MAX_CONSECUTIVE_UNREADABLE, len(self.dataset))):
+            try:
+                sample = self.dataset[(index + offset) % len(self.dataset)]
+            except UnreadableImageError as error:
+                if self.bad_images == "error":
+                    raise DataError(f"{error} (--data.bad-images error)") from None
+                skipped.append(str(error))
+                continue
+            return sample._replace(unreadable=tuple(skipped))
+        raise DataError(
+            f"{len(skipped)} consecutive training images cannot be read ({skipped[0]}, ...) — "
+            "check the image folder"
+        )
 
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         index, epoch = key
-        sample = self.dataset[index]
+        sample = self._readable(index)
         image, boxes, labels = train_transform(
             sample.image,
             sample.boxes,
@@ -131,7 +163,7 @@ class _Augmented(Dataset):
             hflip=self.augment.hflip,
             fill=self.augment.fill,
         )
-        return Sample(image, boxes, labels, sample.image_id)
+        return Sample(image, boxes, labels, sample.image_id, sample.unreadable)
 
 
 def _rows_to_keep(boxes: Tensor, labels: Tensor, max_boxes: int) -> Tensor:
@@ -174,6 +206,7 @@ def collate_train(samples: Sequence[Sample], max_boxes: int) -> TrainBatch:
         labels=labels,
         image_ids=torch.tensor([s.image_id for s in samples], dtype=torch.int64),
         num_overflow=overflow,
+        unreadable=[reason for s in samples for reason in s.unreadable],
     )
 
 
@@ -184,9 +217,37 @@ def worker_kwargs(num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
         "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
     }
     if num_workers > 0:
-        # Workers (and the dataset copies they hold) survive across epochs.
-        kwargs.update(persistent_workers=True, prefetch_factor=2)
+        # Workers (and the dataset copies they hold) survive across epochs; stop signals are the
+        # main process's to handle (see detlite.stopping).
+        kwargs.update(persistent_workers=True, prefetch_factor=2, worker_init_fn=quiet_worker)
     return kwargs
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a DataLoader's (persistent) workers now, cleanly, rather than at garbage collection
+    or interpreter exit, where a worker can outlive the run by seconds."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+def worker_error(error: DetliteError) -> DetliteError:
+    """`error` as raised in a worker, without the worker traceback that DataLoader folds into
+    the message of the copy it re-raises in the main process."""
+    text = str(error)
+    if not text.startswith("Caught ") or "Traceback" not in text:
+        return error
+    last = text.strip().splitlines()[-1]
+    return DataError(last.split(": ", 1)[1] if ": " in last else last)
+
+
+def batches_of(loader: Iterable) -> Iterator:
+    """Iterate `loader`, turning an expected error raised in a worker into a clean one."""
+    try:
+        yield from loader
+    except DetliteError as error:
+        raise worker_error(error) from None
 
 
 class TrainLoader:
@@ -204,6 +265,8 @@ class TrainLoader:
         rank, world_size: this process's shard.
         augment: flip / scale jitter / fill settings (default: `Augment()`, the paper's).
         num_workers: DataLoader worker processes (0 = load in this process).
+        bad_images: "skip" replaces an undecodable image by the next readable one, "error"
+            stops.
         pin_memory: page-lock batches for fast device copies; default: when CUDA is available.
     """
 
@@ -220,12 +283,13 @@ class TrainLoader:
         augment: Augment | None = None,
         num_workers: int = 2,
         pin_memory: bool | None = None,
+        bad_images: BadImages = "skip",
     ) -> None:
         self.sampler = EpochBatchSampler(
             len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size
         )
         self._loader = DataLoader(
-            _Augmented(dataset, image_size, seed, augment or Augment()),
+            _Augmented(dataset, image_size, seed, augment or Augment(), bad_images),
             batch_sampler=self.sampler,
             collate_fn=functools.partial(collate_train, max_boxes=max_boxes),
             **worker_kwargs(num_workers, pin_memory),
@@ -239,10 +303,14 @@ class TrainLoader:
         """`(epoch, step within the epoch)` of a global step count."""
         return divmod(global_step, self.steps_per_epoch)
 
+    def close(self) -> None:
+        """Stop the worker processes (a later iteration starts new ones)."""
+        shutdown_workers(self._loader)
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
         """Batches `start_step`.. of `epoch` on this rank."""
         self.sampler.set_epoch(epoch, start_step)
-        return iter(self._loader)
+        return batches_of(self._loader)
 
     def iterate(self, start_global_step: int = 0) -> Iterator[tuple[int, int, TrainBatch]]:
         """Endless `(epoch, step in epoch, batch)` from `start_global_step` on."""

@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 
 import tyro
 
-from .. import checkpoint, config
+from .. import checkpoint, config, errors, validate
+from ..errors import ConfigError
 from . import Part, Source, convert_with_report, read_state_dict
 
 # tyro lists these as the choices of --preset; Literal over a tuple expands to its items.
@@ -43,6 +44,23 @@ class ConvertArgs:
     """Skip tensors that do not fit, keeping initialised values (e.g. a fresh class head)."""
     seed: int = 0
     """Seed of the initialisation of every tensor that does not come from the file."""
+    overwrite: bool = False
+    """Replace DST if it exists (otherwise an existing file is never overwritten)."""
+
+
+def check(args: ConvertArgs) -> None:
+    """Refuse arguments that cannot work, before reading anything."""
+    validate.check_existing(args.src, "SRC")
+    if args.dst.is_dir():
+        raise ConfigError(f"DST {args.dst}: a directory — give the file name to write")
+    if args.dst.exists() and args.dst.resolve() == args.src.resolve():
+        raise ConfigError(f"DST {args.dst} is SRC: choose another file to write")
+    if args.dst.exists() and not args.overwrite:
+        raise ConfigError(f"DST {args.dst} exists — choose another name, or pass --overwrite")
+    validate.check_output_dir(args.dst.parent, "DST's folder")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ConfigError(f"--num-classes must be an integer ≥ 1, got {args.num_classes}")
+    validate.check_model_choice(args.preset, args.image_size, prefix="--")
 
 
 def run(args: ConvertArgs) -> str:
@@ -63,14 +81,14 @@ def run(args: ConvertArgs) -> str:
     return f"{args.src} -> {args.dst} ({cfg.name}, {args.part}): {report.summary()}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = tyro.cli(ConvertArgs, args=argv, prog="python -m detlite.weights")
-    try:
+def main(argv: list[str] | None = None) -> int:
+    def convert(arguments: list[str]) -> None:
+        args = tyro.cli(ConvertArgs, args=arguments, prog="python -m detlite.weights")
+        check(args)
         print(run(args))
-    except ValueError as e:
-        # Import problems are the user's to fix from the message alone; a traceback adds nothing.
-        raise SystemExit(f"error: {e}") from None
+
+    return errors.command(convert, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

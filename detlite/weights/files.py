@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import DetliteError, PathError
+
 logger = logging.getLogger(__name__)
 
 # Training scripts wrap the weights in a dict; the first of these that holds a dict is used
@@ -23,7 +25,7 @@ _CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _SAFE_GLOBALS = [argparse.Namespace]
 
 
-class WeightImportError(ValueError):
+class WeightImportError(DetliteError, ValueError):
     """A file or state dict that cannot be imported for the requested config."""
 
 
@@ -35,7 +37,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise PathError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
         loaded: Any = _read_safetensors(path)
     else:
