@@ -82,8 +82,9 @@ def measure(cmd: list[str], memory: bool) -> dict[str, float]:
     timing runs are separate)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env
+    )
     peak = {"tree": 0, "hwm": 0}
     done = threading.Event()
 
@@ -127,7 +128,9 @@ def measure(cmd: list[str], memory: bool) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 8])
     args = ap.parse_args()
@@ -135,10 +138,27 @@ def main() -> None:
     rows = []
     for n in args.workers:
         cmds = {
-            "detlite-launch": [launcher, "--nproc-per-node", str(n), "--master-port", "0", "--no-python", "echo",
-                               "ready"],
-            "torchrun --standalone": [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                      "--nproc-per-node", str(n), "--no-python", "echo", "ready"],
+            "detlite-launch": [
+                launcher,
+                "--nproc-per-node",
+                str(n),
+                "--master-port",
+                "0",
+                "--no-python",
+                "echo",
+                "ready",
+            ],
+            "torchrun --standalone": [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(n),
+                "--no-python",
+                "echo",
+                "ready",
+            ],
         }
         for name, cmd in cmds.items():
             measure(cmd, memory=False)  # warm the page cache
@@ -150,14 +170,21 @@ def main() -> None:
             print(f"  {name:<22} {n} workers: {med}", file=sys.stderr, flush=True)
 
     cpu = platform.processor() or platform.machine()
-    print(f"\n{os.cpu_count()}-CPU {cpu} host, Python {platform.python_version()}, timings: median of {args.repeats} runs, "
-          f"workers = `--no-python echo ready`\n")
-    print("| workers | launcher | first worker line (ms) | total (ms) | launcher peak RSS (MiB) "
-          "| process tree peak PSS (MiB) |")
+    print(
+        f"\n{os.cpu_count()}-CPU {cpu} host, Python {platform.python_version()}, "
+        f"timings: median of {args.repeats} runs, "
+        f"workers = `--no-python echo ready`\n"
+    )
+    print(
+        "| workers | launcher | first worker line (ms) | total (ms) | launcher peak RSS (MiB) "
+        "| process tree peak PSS (MiB) |"
+    )
     print("|---:|---|---:|---:|---:|---:|")
     for n, name, m in rows:
-        print(f"| {n} | {name} | {m['first'] * 1000:.0f} | {m['total'] * 1000:.0f} | {m['hwm']:.1f} "
-              f"| {m['tree']:.1f} |")
+        print(
+            f"| {n} | {name} | {m['first'] * 1000:.0f} | {m['total'] * 1000:.0f} | {m['hwm']:.1f} "
+            f"| {m['tree']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

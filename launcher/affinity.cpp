@@ -1,212 +1,238 @@
 #include "affinity.hpp"
 
 #include <dirent.h>
-
+#include <sched.h>
 #include <algorithm>
-#include <map>
-
-#include "util.hpp"
+#include <cstdlib>
 
 namespace dl {
 
-bool parse_cpu_bind(const std::string& raw, CpuBind* out) {
-  std::string s = to_lower(trim(raw));
-  for (char& c : s)
-    if (c == '_') c = '-';
-  if (s == "none") *out = CpuBind::None;
-  else if (s == "socket") *out = CpuBind::Socket;
-  else if (s == "socket-unique-contiguous") *out = CpuBind::SocketUniqueContiguous;
-  else if (s == "socket-unique-interleaved") *out = CpuBind::SocketUniqueInterleaved;
-  else if (s == "core") *out = CpuBind::Core;
-  else return false;
+namespace {
+
+// A CPU list in the kernel's format ("0-3,8,10-11").
+bool parse_cpulist(const std::string& text, std::set<int>* out) {
+  for (const std::string& raw : trim(text).empty() ? std::vector<std::string>{} : split(trim(text), ',')) {
+    const std::string part = trim(raw);
+    const size_t dash = part.find('-');
+    long long a = 0, b = 0;
+    const std::string hi = dash == std::string::npos ? part : part.substr(dash + 1);
+    if (!parse_int(part.substr(0, dash), &a) || !parse_int(hi, &b) || a < 0 || b < a || b > 1 << 20) return false;
+    for (long long c = a; c <= b; ++c) out->insert(static_cast<int>(c));
+  }
   return true;
 }
 
-std::string cpu_bind_name(CpuBind mode) {
-  switch (mode) {
-    case CpuBind::None: return "none";
-    case CpuBind::Socket: return "socket";
-    case CpuBind::SocketUniqueContiguous: return "socket-unique-contiguous";
-    case CpuBind::SocketUniqueInterleaved: return "socket-unique-interleaved";
-    case CpuBind::Core: return "core";
-  }
-  return "none";
-}
+const char* const kBindNames[] = {"none", "socket", "socket-unique-contiguous", "socket-unique-interleaved", "core"};
 
-namespace {
+struct Topology {
+  struct Cpu {
+    int id = 0;
+    int core = 0;    // smallest CPU id among its hardware threads: identifies the physical core
+    int socket = 0;  // NUMA node (or physical package when the kernel exposes no NUMA nodes)
+  };
+  std::vector<Cpu> cpus;        // online CPUs
+  std::vector<int> gpu_socket;  // NUMA node of each NVIDIA GPU, in PCI address order
+};
 
 std::vector<std::string> list_dir(const std::string& path) {
   std::vector<std::string> names;
   DIR* d = opendir(path.c_str());
-  if (!d) return names;
-  while (dirent* e = readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") names.push_back(n);
-  }
-  closedir(d);
+  while (dirent* e = d ? readdir(d) : nullptr)
+    if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") names.push_back(e->d_name);
+  if (d) closedir(d);
   std::sort(names.begin(), names.end());
   return names;
 }
 
 // "cpu12" -> 12 for entries named prefix + digits.
 bool numbered(const std::string& name, const std::string& prefix, int* out) {
-  if (!starts_with(name, prefix) || name.size() == prefix.size()) return false;
   long long v = 0;
-  std::string rest = name.substr(prefix.size());
-  if (rest.find_first_not_of("0123456789") != std::string::npos || !parse_int(rest, &v)) return false;
+  const std::string rest = name.substr(std::min(name.size(), prefix.size()));
+  if (!starts_with(name, prefix) || rest.find_first_not_of("0123456789") != std::string::npos || !parse_int(rest, &v))
+    return false;
   *out = static_cast<int>(v);
   return true;
 }
 
-bool read_int_file(const std::string& path, long long* out) {
+bool read_int_file(const std::string& path, long long* out) {  // decimal, or hex with 0x
   std::string text;
   if (!read_text_file(path, &text)) return false;
-  std::string t = trim(text);
-  if (starts_with(t, "0x")) {
-    try {
-      *out = std::stoll(t.substr(2), nullptr, 16);
-      return true;
-    } catch (...) {
-      return false;
-    }
-  }
-  return parse_int(t, out);
+  const std::string t = trim(text);
+  if (!starts_with(t, "0x")) return parse_int(t, out);
+  char* end = nullptr;
+  *out = std::strtoll(t.c_str() + 2, &end, 16);
+  return t.size() > 2 && *end == '\0';
 }
 
-}  // namespace
-
-bool read_topology(const std::string& root, Topology* topo, std::string* error) {
-  *topo = Topology{};
-  const std::string cpu_dir = root + "/devices/system/cpu";
-  std::set<int> online;
+std::map<int, int> numa_nodes(const std::string& root) {  // cpu -> NUMA node
+  std::map<int, int> numa_of;
   std::string text;
-  bool have_online = read_text_file(cpu_dir + "/online", &text) && parse_cpulist(text, &online);
-
-  std::map<int, int> numa_of;  // cpu -> NUMA node
   for (const std::string& name : list_dir(root + "/devices/system/node")) {
     int node = 0;
     std::set<int> cpus;
-    if (!numbered(name, "node", &node)) continue;
-    if (read_text_file(root + "/devices/system/node/" + name + "/cpulist", &text) &&
+    if (numbered(name, "node", &node) && read_text_file(root + "/devices/system/node/" + name + "/cpulist", &text) &&
         parse_cpulist(text, &cpus))
       for (int c : cpus) numa_of[c] = node;
   }
+  return numa_of;
+}
 
+// Reads <root>/devices/system/{cpu,node} and <root>/bus/pci/devices; false when there are no CPUs.
+bool read_topology(const std::string& root, Topology* topo, std::string* error) {
+  const std::string cpu_dir = root + "/devices/system/cpu", pci = root + "/bus/pci/devices";
+  std::set<int> online;
+  std::string text;
+  const bool have_online = read_text_file(cpu_dir + "/online", &text) && parse_cpulist(text, &online);
+  std::map<int, int> numa_of = numa_nodes(root);
   for (const std::string& name : list_dir(cpu_dir)) {
-    int id = 0;
-    if (!numbered(name, "cpu", &id)) continue;
-    if (have_online && !online.count(id)) continue;
     Topology::Cpu cpu;
-    cpu.id = id;
-    cpu.core = id;
     std::set<int> siblings;
-    const std::string t = cpu_dir + "/" + name + "/topology/";
-    if (read_text_file(t + "thread_siblings_list", &text) && parse_cpulist(text, &siblings) &&
-        !siblings.empty())
-      cpu.core = *siblings.begin();
     long long pkg = 0;
-    if (numa_of.count(id)) cpu.socket = numa_of[id];
+    if (!numbered(name, "cpu", &cpu.id) || (have_online && !online.count(cpu.id))) continue;
+    const std::string t = cpu_dir + "/" + name + "/topology/";
+    const bool sib = read_text_file(t + "thread_siblings_list", &text) && parse_cpulist(text, &siblings);
+    cpu.core = sib && !siblings.empty() ? *siblings.begin() : cpu.id;
+    if (numa_of.count(cpu.id)) cpu.socket = numa_of[cpu.id];
     else if (read_int_file(t + "physical_package_id", &pkg) && pkg >= 0) cpu.socket = static_cast<int>(pkg);
     topo->cpus.push_back(cpu);
   }
-  std::sort(topo->cpus.begin(), topo->cpus.end(),
-            [](const Topology::Cpu& a, const Topology::Cpu& b) { return a.id < b.id; });
-  if (topo->cpus.empty()) {
-    *error = "no CPUs found under " + cpu_dir;
-    return false;
-  }
-
-  const std::string pci = root + "/bus/pci/devices";
+  if (topo->cpus.empty()) return fail(error, "no CPUs found under " + cpu_dir);
   for (const std::string& addr : list_dir(pci)) {
     long long vendor = 0, cls = 0, numa = -1;
-    if (!read_int_file(pci + "/" + addr + "/vendor", &vendor) || vendor != 0x10de) continue;
-    if (!read_int_file(pci + "/" + addr + "/class", &cls)) continue;
+    const std::string dev = pci + "/" + addr + "/";
+    if (!read_int_file(dev + "vendor", &vendor) || vendor != 0x10de || !read_int_file(dev + "class", &cls)) continue;
     if ((cls >> 8) != 0x0300 && (cls >> 8) != 0x0302) continue;  // VGA or 3D controller
-    if (!read_int_file(pci + "/" + addr + "/numa_node", &numa) || numa < 0) numa = 0;
-    topo->gpu_pci.push_back(addr);
+    if (!read_int_file(dev + "numa_node", &numa) || numa < 0) numa = 0;
     topo->gpu_socket.push_back(static_cast<int>(numa));
   }
   return true;
 }
 
-std::vector<int> visible_gpus(const Topology& topo, const std::string& cvd, bool has_cvd) {
+std::vector<int> visible_gpus(const Topology& topo, const EnvMap& env) {
   std::vector<int> out;
   const int n = static_cast<int>(topo.gpu_socket.size());
-  if (!has_cvd) {
+  if (!env_has(env, "CUDA_VISIBLE_DEVICES"))
     for (int i = 0; i < n; ++i) out.push_back(i);
-    return out;
-  }
-  for (const std::string& raw : split(cvd, ',')) {
-    long long idx = 0;
-    // UUIDs and MIG names cannot be mapped to PCI addresses without NVML: stop at the first one,
-    // as CUDA itself stops at the first invalid entry.
-    if (!parse_int(trim(raw), &idx) || idx < 0 || idx >= n) break;
-    out.push_back(static_cast<int>(idx));
-  }
+  else
+    for (const std::string& raw : split(env_get(env, "CUDA_VISIBLE_DEVICES"), ',')) {
+      long long idx = 0;
+      // UUIDs and MIG names cannot be mapped to PCI addresses without NVML: stop at the first one,
+      // as CUDA itself stops at the first invalid entry.
+      if (!parse_int(trim(raw), &idx) || idx < 0 || idx >= n) break;
+      out.push_back(static_cast<int>(idx));
+    }
   return out;
+}
+
+// The socket of each rank: its GPU's NUMA node, else (no GPU, or a node without allowed CPUs)
+// spread evenly over the sockets in order.
+std::vector<int> rank_sockets(const Topology& topo, int nproc, const std::vector<int>& gpus,
+                              const std::vector<int>& socket_ids) {
+  std::vector<int> socket_of;
+  for (int r = 0; r < nproc; ++r) {
+    const int g = gpus.empty() ? -1 : gpus[static_cast<size_t>(r) % gpus.size()];
+    int s = g >= 0 && g < static_cast<int>(topo.gpu_socket.size()) ? topo.gpu_socket[static_cast<size_t>(g)] : -1;
+    if (std::find(socket_ids.begin(), socket_ids.end(), s) == socket_ids.end())
+      s = socket_ids[static_cast<size_t>(r) * socket_ids.size() / static_cast<size_t>(nproc)];
+    socket_of.push_back(s);
+  }
+  return socket_of;
+}
+
+// The physical cores (indices into `ncores` cores of its socket) for the j-th of n ranks on a socket.
+std::vector<size_t> pick_cores(CpuBind mode, size_t j, size_t n, size_t ncores) {
+  if (mode == CpuBind::Socket) {
+    std::vector<size_t> all(ncores);
+    for (size_t c = 0; c < ncores; ++c) all[c] = c;
+    return all;
+  }
+  if (ncores < n) return {j % ncores};  // more ranks than cores: ranks share cores round-robin
+  const size_t k = ncores / n;
+  std::vector<size_t> picked;
+  for (size_t t = 0; t < (mode == CpuBind::Core ? 1 : k); ++t)  // Core: one whole physical core
+    picked.push_back(mode == CpuBind::SocketUniqueInterleaved ? j + t * n : j * k + t);
+  return picked;
 }
 
 std::vector<std::set<int>> compute_binding(const Topology& topo, CpuBind mode, int nproc,
                                            const std::vector<int>& gpus, const std::set<int>& allowed) {
   std::vector<std::set<int>> result(static_cast<size_t>(std::max(nproc, 0)));
-  if (mode == CpuBind::None || nproc <= 0) return result;
-
   // socket -> physical cores (in order of their first CPU) -> allowed CPUs of that core
   std::map<int, std::map<int, std::set<int>>> sockets;
   for (const Topology::Cpu& c : topo.cpus)
     if (allowed.empty() || allowed.count(c.id)) sockets[c.socket][c.core].insert(c.id);
-  if (sockets.empty()) return result;
+  if (sockets.empty() || nproc <= 0) return result;
   std::vector<int> socket_ids;
   for (const auto& s : sockets) socket_ids.push_back(s.first);
-
-  // Which socket each rank belongs to.
-  std::vector<int> socket_of(static_cast<size_t>(nproc));
-  for (int r = 0; r < nproc; ++r) {
-    int s = -1;
-    if (!gpus.empty()) {
-      int g = gpus[static_cast<size_t>(r) % gpus.size()];
-      if (g >= 0 && g < static_cast<int>(topo.gpu_socket.size())) s = topo.gpu_socket[static_cast<size_t>(g)];
-      if (!sockets.count(s)) s = -1;  // the GPU's node has no allowed CPUs: fall back to spreading
-    }
-    if (s < 0) {
-      size_t k = static_cast<size_t>(r) * socket_ids.size() / static_cast<size_t>(nproc);
-      s = socket_ids[k];
-    }
-    socket_of[static_cast<size_t>(r)] = s;
-  }
-
   std::map<int, std::vector<int>> ranks_on;  // socket -> its ranks in order
+  const std::vector<int> socket_of = rank_sockets(topo, nproc, gpus, socket_ids);
   for (int r = 0; r < nproc; ++r) ranks_on[socket_of[static_cast<size_t>(r)]].push_back(r);
-
   for (const auto& entry : ranks_on) {
-    const auto& cores_map = sockets[entry.first];
     std::vector<const std::set<int>*> cores;
-    for (const auto& c : cores_map) cores.push_back(&c.second);
+    for (const auto& c : sockets[entry.first]) cores.push_back(&c.second);
     const std::vector<int>& ranks = entry.second;
-    const size_t n = ranks.size(), ncores = cores.size();
-    for (size_t j = 0; j < n; ++j) {
-      std::set<int>& out = result[static_cast<size_t>(ranks[j])];
-      if (mode == CpuBind::Socket) {
-        for (const auto* c : cores) out.insert(c->begin(), c->end());
-        continue;
-      }
-      if (ncores < n) {  // more ranks than cores: ranks share cores round-robin
-        out.insert(cores[j % ncores]->begin(), cores[j % ncores]->end());
-        continue;
-      }
-      const size_t k = ncores / n;
-      std::vector<size_t> picked;
-      if (mode == CpuBind::SocketUniqueContiguous) {
-        for (size_t t = 0; t < k; ++t) picked.push_back(j * k + t);
-      } else if (mode == CpuBind::SocketUniqueInterleaved) {
-        for (size_t t = 0; t < k; ++t) picked.push_back(j + t * n);
-      } else {  // Core: one whole physical core per rank
-        picked.push_back(j * k);
-      }
-      for (size_t idx : picked) out.insert(cores[idx]->begin(), cores[idx]->end());
-    }
+    for (size_t j = 0; j < ranks.size(); ++j)
+      for (size_t idx : pick_cores(mode, j, ranks.size(), cores.size()))
+        result[static_cast<size_t>(ranks[j])].insert(cores[idx]->begin(), cores[idx]->end());
   }
   return result;
+}
+
+}  // namespace
+
+bool parse_cpu_bind(const std::string& raw, CpuBind* out) {
+  std::string s = to_lower(trim(raw));
+  std::replace(s.begin(), s.end(), '_', '-');
+  for (int m = 0; m < 5; ++m)
+    if (s == kBindNames[m]) {
+      *out = static_cast<CpuBind>(m);
+      return true;
+    }
+  return false;
+}
+
+std::string cpu_bind_name(CpuBind mode) { return kBindNames[static_cast<int>(mode)]; }
+
+std::string format_cpulist(const std::set<int>& cpus) {
+  std::string s;
+  for (auto it = cpus.begin(); it != cpus.end();) {
+    int start = *it, end = *it;
+    while (++it != cpus.end() && *it == end + 1) end = *it;
+    if (!s.empty()) s += ',';
+    s += std::to_string(start);
+    if (end != start) s += "-" + std::to_string(end);
+  }
+  return s;
+}
+
+std::set<int> allowed_cpus(const EnvMap& env) {
+  std::set<int> out;
+  const std::string forced = env_get(env, "DETLITE_ALLOWED_CPUS");
+  if (!forced.empty() && parse_cpulist(forced, &out)) return out;
+  out.clear();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const bool ok = sched_getaffinity(0, sizeof set, &set) == 0;
+  for (int c = 0; ok && c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) out.insert(c);
+  return out;
+}
+
+int visible_gpu_count(const std::string& sysfs_root, const EnvMap& env) {
+  Topology topo;
+  std::string err;
+  return read_topology(sysfs_root, &topo, &err) ? static_cast<int>(visible_gpus(topo, env).size()) : 0;
+}
+
+std::vector<std::set<int>> plan_binding(CpuBind mode, int nproc, const std::string& sysfs_root, const EnvMap& env,
+                                        std::string* note) {
+  Topology topo;
+  std::string err;
+  if (mode == CpuBind::None) return {};
+  if (read_topology(sysfs_root, &topo, &err))
+    return compute_binding(topo, mode, nproc, visible_gpus(topo, env), allowed_cpus(env));
+  *note = "warning: --cpu-bind " + cpu_bind_name(mode) + " ignored: " + err;
+  return {};
 }
 
 }  // namespace dl

@@ -1,10 +1,8 @@
-// CPU affinity: read the machine's topology from sysfs and compute, with a pure function, the CPU
-// set of every local rank for a --cpu-bind mode. Tests feed canned sysfs trees (DETLITE_SYSFS_ROOT).
+// CPU affinity: the machine's topology from sysfs (tests feed canned trees through DETLITE_SYSFS_ROOT
+// or --sysfs-root), and the CPU set of every local rank for a --cpu-bind mode.
 #pragma once
 
-#include <set>
-#include <string>
-#include <vector>
+#include "util.hpp"
 
 namespace dl {
 
@@ -12,29 +10,20 @@ enum class CpuBind { None, Socket, SocketUniqueContiguous, SocketUniqueInterleav
 
 bool parse_cpu_bind(const std::string& s, CpuBind* out);
 std::string cpu_bind_name(CpuBind mode);
+std::string format_cpulist(const std::set<int>& cpus);  // the kernel's format: "0-3,8,10-11"
 
-struct Topology {
-  struct Cpu {
-    int id = 0;
-    int core = 0;    // smallest CPU id among its hardware threads: identifies the physical core
-    int socket = 0;  // NUMA node (or physical package when the kernel exposes no NUMA nodes)
-  };
-  std::vector<Cpu> cpus;        // online CPUs, sorted by id
-  std::vector<int> gpu_socket;  // NUMA node of each NVIDIA GPU, in PCI address order
-  std::vector<std::string> gpu_pci;
-};
+// The CPUs this launcher may hand out: DETLITE_ALLOWED_CPUS when set (tests: canned topologies), else
+// the launcher's own affinity mask. Everything that counts CPUs uses this one set, so that
+// --nproc-per-node cpu, OMP_NUM_THREADS and the --cpu-bind sets agree.
+std::set<int> allowed_cpus(const EnvMap& env);
 
-// Reads <root>/devices/system/{cpu,node} and <root>/bus/pci/devices. Returns false with *error when
-// the CPU topology cannot be read at all.
-bool read_topology(const std::string& sysfs_root, Topology* topo, std::string* error);
+// NVIDIA GPUs in sysfs, filtered by CUDA_VISIBLE_DEVICES (0 when the topology cannot be read).
+int visible_gpu_count(const std::string& sysfs_root, const EnvMap& env);
 
-// Number of NVIDIA GPUs visible to workers: the sysfs GPUs filtered by CUDA_VISIBLE_DEVICES.
-std::vector<int> visible_gpus(const Topology& topo, const std::string& cuda_visible_devices, bool has_cvd);
-
-// The pure part. Local rank i uses GPU gpus[i % gpus.size()] (indices into topo.gpu_socket) when
-// there are GPUs; otherwise ranks are spread evenly over the sockets in order. Only CPUs in
-// `allowed` are handed out. Returns one CPU set per local rank (all empty for CpuBind::None).
-std::vector<std::set<int>> compute_binding(const Topology& topo, CpuBind mode, int nproc,
-                                           const std::vector<int>& gpus, const std::set<int>& allowed);
+// One CPU set per local rank (none for CpuBind::None, or with *note when the topology cannot be
+// read). Rank i belongs to the NUMA node of visible GPU i % #GPUs (PCI order) or, without GPUs, ranks
+// are spread evenly over the nodes; only allowed_cpus() are handed out.
+std::vector<std::set<int>> plan_binding(CpuBind mode, int nproc, const std::string& sysfs_root, const EnvMap& env,
+                                        std::string* note);
 
 }  // namespace dl

@@ -1,145 +1,87 @@
 #include "args.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
 #include <csignal>
-#include <map>
+#include <cstdio>
 
 namespace dl {
 
 namespace {
 
-enum class Kind { Flag, Value, OptionalValue };
+constexpr const char* kVersion = "0.1.0";
 
 struct Spec {
-  const char* name;   // canonical, with dashes
-  const char* short_name;
-  Kind kind;
-  const char* metavar;
-  const char* help;
-  bool hidden;
+  const char* name;        // canonical, with dashes
+  const char* short_name;  // nullptr: none
+  const char* metavar;     // nullptr: a flag without a value; "[...]": the value is optional
+  const char* help;        // nullptr: hidden (testing only)
 };
 
-// Every flag; the order is the order of --help.
+// Every option, in the order of --help (docs/launcher.md has the details).
 const Spec kSpecs[] = {
-    {"nnodes", nullptr, Kind::Value, "N",
-     "Number of nodes (one launcher per node). torchrun's MIN:MAX form is accepted only with MIN == MAX. "
-     "Default 1, or the scheduler's node count.", false},
-    {"nproc-per-node", nullptr, Kind::Value, "N|cpu|gpu|auto",
-     "Workers on this node: a number, 'cpu' (one per CPU), 'gpu' (one per visible NVIDIA GPU) or 'auto' "
-     "(GPUs when there are any, else CPUs). Default 1.", false},
-    {"node-rank", nullptr, Kind::Value, "R", "Rank of this node, 0..nnodes-1. Default 0, or the scheduler's.", false},
-    {"master-addr", nullptr, Kind::Value, "ADDR",
-     "Address of node 0: MASTER_ADDR for the workers and the default control-plane host. Default 127.0.0.1, "
-     "or the first SLURM host.", false},
-    {"master-port", nullptr, Kind::Value, "PORT",
-     "MASTER_PORT, where worker rank 0 hosts the store. 0 lets node 0 pick a free port. Default 29500 "
-     "(0 under SLURM or MPI). Restarts always get a fresh free port.", false},
-    {"rdzv-endpoint", nullptr, Kind::Value, "HOST[:PORT]",
-     "Where node 0's launcher listens for the other launchers. Default MASTER_ADDR:29400 (under SLURM the "
-     "port is derived from the job id).", false},
-    {"rdzv-id", nullptr, Kind::Value, "ID",
-     "Run id shared by all nodes; a node with another id is refused. TORCHELASTIC_RUN_ID. Default 'none' "
-     "(the job id under a scheduler).", false},
-    {"rdzv-timeout", nullptr, Kind::Value, "SECONDS", "How long nodes wait for each other to join. Default 600.", false},
-    {"rdzv-backend", nullptr, Kind::Value, "NAME", "Accepted for torchrun compatibility and ignored.", false},
-    {"rdzv-conf", nullptr, Kind::Value, "K=V,...",
-     "torchrun compatibility: 'join_timeout' or 'timeout' sets --rdzv-timeout; other keys are ignored.", false},
-    {"standalone", nullptr, Kind::Flag, nullptr, "Single node with a free port: --nnodes 1 --master-port 0.", false},
-    {"local-addr", nullptr, Kind::Value, "ADDR",
-     "This node's address: the source address of the control connection (node 0: the listening address).", false},
-    {"max-restarts", nullptr, Kind::Value, "K",
-     "Restart the whole job (all nodes) up to K times after a worker failure. Default 0.", false},
-    {"grace-period", nullptr, Kind::Value, "SECONDS",
-     "After SIGTERM, how long workers get before SIGKILL. Default 10.", false},
-    {"heartbeat-interval", nullptr, Kind::Value, "SECONDS", "Control-plane heartbeat period. Default 1.", false},
-    {"heartbeat-timeout", nullptr, Kind::Value, "SECONDS",
-     "A node silent this long is declared lost and the job is aborted. Default 15.", false},
-    {"monitor-interval", nullptr, Kind::Value, "SECONDS",
-     "Accepted for torchrun compatibility and ignored (the launcher is event driven).", false},
-    {"role", nullptr, Kind::Value, "NAME", "ROLE_NAME for the workers. Default 'default'.", false},
-    {"log-dir", nullptr, Kind::Value, "DIR",
-     "Write each rank's stdout/stderr and error file under DIR/attempt_<k>/rank_<r>/ and a JSON summary "
-     "(DIR/summary.json on node 0, DIR/summary-node<n>.json elsewhere). Worker output then goes to the "
-     "files only, unless --tee.", false},
-    {"tee", "t", Kind::OptionalValue, "[0-3]",
-     "With --log-dir, also show worker output on the console (bare or 3: both streams, 1: stdout, "
-     "2: stderr).", false},
-    {"redirects", "r", Kind::Value, "0-3",
-     "Accepted for torchrun compatibility: with --log-dir output already goes to files only.", false},
-    {"local-ranks-filter", nullptr, Kind::Value, "R,...",
-     "Show only these local ranks on the console (log files still get every rank).", false},
-    {"cpu-bind", nullptr, Kind::Value, "MODE",
-     "CPU affinity for each worker, set before exec: none (default), socket, socket-unique-contiguous, "
-     "socket-unique-interleaved, core. The socket is the NUMA node of the rank's GPU (GPU = local rank "
-     "modulo visible GPUs, in PCI order) or, without GPUs, ranks are spread evenly over the sockets.", false},
-    {"numa-binding", nullptr, Kind::Value, "MODE",
-     "torchrun compatibility: node/socket -> --cpu-bind socket, exclusive -> socket-unique-contiguous, "
-     "core-complex -> core.", false},
-    {"signals-to-handle", nullptr, Kind::Value, "SIG,...",
-     "Signals forwarded to the workers. Default SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2. "
-     "SIGUSR1/2 are only forwarded; the others also stop the job.", false},
-    {"no-python", nullptr, Kind::Flag, nullptr, "Run the command as is instead of 'python3 -u script'.", false},
-    {"module", "m", Kind::Flag, nullptr, "Run the script as a module: 'python3 -u -m module'.", false},
-    {"run-path", nullptr, Kind::Flag, nullptr, "Accepted for torchrun compatibility (scripts run by path anyway).", false},
-    {"dry-run", nullptr, Kind::Flag, nullptr,
-     "Print the resolved configuration (nodes, ports, command, CPU sets) as JSON and exit.", false},
-    {"expand-hostlist", nullptr, Kind::Value, "LIST",
-     "Print the hosts of a SLURM hostlist, one per line, and exit.", false},
-    {"sysfs-root", nullptr, Kind::Value, "DIR", "Read CPU/GPU topology from DIR instead of /sys (testing).", true},
-    {"help", "h", Kind::Flag, nullptr, "Show this help and exit.", false},
-    {"version", nullptr, Kind::Flag, nullptr, "Print the version and exit.", false},
+    {"nnodes", nullptr, "N", "Number of nodes, one launcher each (MIN:MAX only with MIN == MAX). Default 1."},
+    {"nproc-per-node", nullptr, "N|cpu|gpu|auto", "Workers on this node: a number, one per CPU, per GPU, or GPUs "
+     "if any else CPUs. Default 1."},
+    {"node-rank", nullptr, "R", "Rank of this node, 0..nnodes-1. Default 0."},
+    {"master-addr", nullptr, "ADDR", "MASTER_ADDR (node 0), also the control-plane host. Default 127.0.0.1."},
+    {"master-port", nullptr, "PORT", "MASTER_PORT, where worker rank 0 hosts the store; 0: a free one. Default "
+     "29500."},
+    {"rdzv-endpoint", nullptr, "HOST[:PORT]", "Where node 0's launcher listens for the others. Default "
+     "MASTER_ADDR:29400."},
+    {"rdzv-id", nullptr, "ID", "Run id shared by all nodes (TORCHELASTIC_RUN_ID). Default 'none'."},
+    {"rdzv-timeout", nullptr, "SECONDS", "How long nodes wait for each other to join. Default 600."},
+    {"rdzv-backend", nullptr, "NAME", "static or c10d, both the built-in rendezvous through node 0; others are "
+     "refused."},
+    {"rdzv-conf", nullptr, "K=V,...", "join_timeout (or timeout) sets --rdzv-timeout; other keys are refused."},
+    {"standalone", nullptr, nullptr, "One node on a free port (refused with another --nnodes or --master-port)."},
+    {"local-addr", nullptr, "ADDR", "This node's address for the control connection (node 0: to listen on)."},
+    {"max-restarts", nullptr, "K", "Restart the whole job up to K times after a worker failure. Default 0."},
+    {"grace-period", nullptr, "SECONDS", "Between SIGTERM and SIGKILL when stopping workers. Default 10."},
+    {"heartbeat-interval", nullptr, "SECONDS", "Control-plane heartbeat period. Default 1."},
+    {"heartbeat-timeout", nullptr, "SECONDS", "A node silent this long is lost and the job stops. Default 15."},
+    {"monitor-interval", nullptr, "SECONDS", "Refused: worker exits are noticed at once, nothing is polled."},
+    {"role", nullptr, "NAME", "ROLE_NAME for the workers. Default 'default'."},
+    {"log-dir", nullptr, "DIR", "Per-rank logs and error files in DIR/attempt_<k>/rank_<r>/, DIR/summary.json; "
+     "output to the files only."},
+    {"tee", "t", "[0-3]", "With --log-dir, also on the console: bare or 3 both streams, 1 stdout, 2 stderr."},
+    {"redirects", "r", "0-3", "With --log-dir, streams kept off the console: 3 (default) both, 1 stdout, 2 "
+     "stderr, 0 none."},
+    {"local-ranks-filter", nullptr, "R,...", "Only these local ranks on the console (log files get all)."},
+    {"cpu-bind", nullptr, "MODE", "Worker CPU affinity: none, socket, socket-unique-contiguous, "
+     "socket-unique-interleaved, core."},
+    {"numa-binding", nullptr, "MODE", "node/socket, exclusive, core-complex: --cpu-bind socket, "
+     "socket-unique-contiguous, core."},
+    {"signals-to-handle", nullptr, "SIG,...", "Forwarded signals. Default SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,"
+     "SIGUSR2 (USR1/2 only forwarded)."},
+    {"no-python", nullptr, nullptr, "Run the command as is instead of 'python3 -u script'."},
+    {"module", "m", nullptr, "Run the script as a module: 'python3 -u -m module'."},
+    {"run-path", nullptr, nullptr, "Run the script by path ('python3 -u script'), overriding --no-python and -m."},
+    {"dry-run", nullptr, nullptr, "Print the resolved configuration as JSON and exit."},
+    {"expand-hostlist", nullptr, "LIST", "Print the hosts of a SLURM hostlist, one per line, and exit."},
+    {"sysfs-root", nullptr, "DIR", nullptr},
+    {"help", "h", nullptr, "Show this help and exit."},
+    {"version", nullptr, nullptr, "Print the version and exit."},
 };
 
-const Spec* find_long(const std::string& name) {
+// The signals --signals-to-handle may name (the default set).
+const int kHandled[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+struct UsageError {
+  std::string msg;
+};
+
+[[noreturn]] void refuse(const std::string& msg) { throw UsageError{msg}; }
+
+const Spec* find_spec(const std::string& name, bool is_short) {
   for (const Spec& s : kSpecs)
-    if (name == s.name) return &s;
+    if (is_short ? s.short_name && name == s.short_name : name == s.name) return &s;
   return nullptr;
 }
 
-const Spec* find_short(const std::string& name) {
-  for (const Spec& s : kSpecs)
-    if (s.short_name && name == s.short_name) return &s;
-  return nullptr;
-}
-
-std::string pet_name(const std::string& name) {
-  std::string out = "PET_";
-  for (char c : name) out += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return out;
-}
-
-bool truthy(const std::string& v) {
-  std::string s = to_lower(trim(v));
-  return s == "1" || s == "true" || s == "yes" || s == "on";
-}
-
-int count_cpus() {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? static_cast<int>(n) : 1;
-}
-
-int count_gpus(const Options& opt, const EnvMap& env) {
-  Topology topo;
-  std::string err;
-  if (!read_topology(opt.sysfs_root, &topo, &err)) return 0;
-  return static_cast<int>(
-      visible_gpus(topo, env_get(env, "CUDA_VISIBLE_DEVICES"), env_has(env, "CUDA_VISIBLE_DEVICES")).size());
-}
-
-}  // namespace
-
-ParseResult parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options* opt) {
-  ParseResult res;
-  std::map<std::string, std::string> given;  // canonical name -> value ("" for flags)
-  auto fail = [&](const std::string& msg) {
-    res.status = ParseStatus::Error;
-    res.error = msg;
-    return res;
-  };
-
+// Splits argv into options (canonical name -> value, "" for flags) and the script with its args.
+std::map<std::string, std::string> tokenize(const std::vector<std::string>& argv, Options* opt) {
+  std::map<std::string, std::string> given;
   size_t i = 1;
   for (; i < argv.size(); ++i) {
     const std::string& a = argv[i];
@@ -148,284 +90,275 @@ ParseResult parse_args(const std::vector<std::string>& argv, const EnvMap& env, 
       break;
     }
     if (a.size() < 2 || a[0] != '-') break;  // the script: everything after belongs to it
-    std::string name, value;
-    bool has_value = false;
-    const Spec* spec = nullptr;
-    if (starts_with(a, "--")) {
-      name = a.substr(2);
-      size_t eq = name.find('=');
-      if (eq != std::string::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-        has_value = true;
-      }
-      for (char& c : name)
-        if (c == '_') c = '-';
-      spec = find_long(name);
-    } else {
-      name = a.substr(1, 1);
-      spec = find_short(name);
-      if (a.size() > 2) {
-        value = a.substr(2);
-        has_value = true;
-      }
-    }
-    if (!spec) return fail("unknown option '" + a + "' (see --help)");
-    if (spec->kind == Kind::Flag) {
-      if (has_value) return fail("option --" + std::string(spec->name) + " takes no value");
-    } else if (spec->kind == Kind::Value) {
-      if (!has_value) {
-        if (i + 1 >= argv.size()) return fail("option --" + std::string(spec->name) + " needs a value");
-        value = argv[++i];
-      }
-    } else if (!has_value && i + 1 < argv.size() && argv[i + 1].size() == 1 && argv[i + 1][0] >= '0' &&
-               argv[i + 1][0] <= '3') {
-      value = argv[++i];
-    }
-    given[spec->name] = value;
+    const bool is_long = starts_with(a, "--");
+    std::string name = is_long ? a.substr(2) : a.substr(1, 1), value;
+    const size_t eq = is_long ? name.find('=') : std::string::npos;
+    const bool has_value = is_long ? eq != std::string::npos : a.size() > 2;
+    if (has_value) value = is_long ? name.substr(eq + 1) : a.substr(2);
+    if (has_value && is_long) name.resize(eq);
+    std::replace(name.begin(), name.end(), '_', '-');
+    const Spec* spec = find_spec(name, !is_long);
+    if (!spec) refuse("unknown option '" + a + "' (see --help)");
+    const std::string canon = spec->name;
+    if (!spec->metavar && has_value) refuse("option --" + canon + " takes no value");
+    const bool optional = spec->metavar && spec->metavar[0] == '[';
+    const bool next_fits = i + 1 < argv.size() && argv[i + 1].size() == 1 && argv[i + 1][0] >= '0' &&
+                           argv[i + 1][0] <= '3';
+    if (spec->metavar && !has_value && !optional && i + 1 >= argv.size())
+      refuse("option --" + canon + " needs a value");
+    if (spec->metavar && !has_value && (!optional || next_fits)) value = argv[++i];
+    given[canon] = value;
   }
   if (i < argv.size()) {
     opt->script = argv[i];
     opt->script_args.assign(argv.begin() + static_cast<long>(i) + 1, argv.end());
   }
+  return given;
+}
 
-  if (given.count("help")) {
-    res.status = ParseStatus::Help;
-    return res;
-  }
-  if (given.count("version")) {
-    res.status = ParseStatus::Version;
-    return res;
-  }
-  if (given.count("expand-hostlist")) {
-    res.status = ParseStatus::ExpandHostlist;
-    res.hostlist = given["expand-hostlist"];
-    return res;
-  }
+std::string pet_name(const std::string& name) {
+  std::string out = "PET_";
+  for (char c : name) out += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
 
-  // Command line first, then PET_<FLAG>; `explicit_` tells which ones the user chose.
-  std::set<std::string> explicit_;
-  auto value_of = [&](const char* name, std::string* out) {
-    auto it = given.find(name);
-    if (it != given.end()) {
-      *out = it->second;
-      explicit_.insert(name);
-      return true;
-    }
-    auto e = env.find(pet_name(name));
-    if (e != env.end()) {
-      *out = e->second;
-      explicit_.insert(name);
-      return true;
-    }
-    return false;
-  };
-  auto flag_of = [&](const char* name) {
-    if (given.count(name)) return true;
-    auto e = env.find(pet_name(name));
-    return e != env.end() && truthy(e->second);
-  };
-  std::string v;
-  std::string err;
-  auto int_opt = [&](const char* name, long long lo, long long hi, int* out) {
-    if (!value_of(name, &v)) return true;
+// An option's value: the command line first, then PET_<FLAG>; remembers which ones the user chose.
+class Source {
+ public:
+  Source(std::map<std::string, std::string> given, const EnvMap& env) : given_(std::move(given)), env_(env) {}
+
+  bool value(const char* name, std::string* out) {
+    auto it = given_.find(name);
+    auto e = env_.find(pet_name(name));
+    if (it == given_.end() && e == env_.end()) return false;
+    *out = it != given_.end() ? it->second : e->second;
+    chosen_.insert(name);
+    return true;
+  }
+  bool flag(const char* name) const {
+    auto e = env_.find(pet_name(name));
+    std::string v = e == env_.end() ? "" : to_lower(trim(e->second));
+    return given_.count(name) || v == "1" || v == "true" || v == "yes" || v == "on";
+  }
+  bool chosen(const char* name) const { return chosen_.count(name) != 0; }
+  void integer(const char* name, long long lo, long long hi, int* out) {
+    std::string v;
     long long x = 0;
-    if (!parse_int(trim(v), &x) || x < lo || x > hi) {
-      err = "--" + std::string(name) + " expects an integer in [" + std::to_string(lo) + ", " +
-            std::to_string(hi) + "], got '" + v + "'";
-      return false;
-    }
+    if (!value(name, &v)) return;
+    if (!parse_int(trim(v), &x) || x < lo || x > hi)
+      refuse("--" + std::string(name) + " expects an integer in [" + std::to_string(lo) + ", " +
+             std::to_string(hi) + "], got '" + v + "'");
     *out = static_cast<int>(x);
-    return true;
-  };
-  auto seconds_opt = [&](const char* name, double lo, double* out) {
-    if (!value_of(name, &v)) return true;
+  }
+  void seconds(const char* name, double lo, double* out) {
+    std::string v;
     double x = 0;
-    if (!parse_double(trim(v), &x) || !(x >= lo) || x > 1e7) {
-      err = "--" + std::string(name) + " expects a number of seconds, got '" + v + "'";
-      return false;
-    }
+    if (!value(name, &v)) return;
+    if (!parse_double(trim(v), &x) || !(x >= lo) || x > 1e7)
+      refuse("--" + std::string(name) + " expects a number of seconds, got '" + v + "'");
     *out = x;
-    return true;
-  };
+  }
 
-  if (value_of("sysfs-root", &v)) opt->sysfs_root = v;
-  else if (env_has(env, "DETLITE_SYSFS_ROOT")) opt->sysfs_root = env_get(env, "DETLITE_SYSFS_ROOT");
+ private:
+  std::map<std::string, std::string> given_;
+  const EnvMap& env_;
+  std::set<std::string> chosen_;
+};
 
-  if (!detect_scheduler(env, &opt->scheduler, &err)) return fail(err);
-  const SchedulerInfo& sched = opt->scheduler;
-  const bool standalone = flag_of("standalone");
+void parse_nproc(const std::string& raw, const EnvMap& env, Options* o) {
+  const std::string s = to_lower(trim(raw));
+  auto cpus = [&] { return std::max<int>(1, static_cast<int>(allowed_cpus(env).size())); };
+  long long n = 0;
+  if (s == "cpu") {
+    o->nproc_per_node = cpus();
+  } else if (s == "gpu" || s == "cuda" || s == "auto") {
+    const int gpus = visible_gpu_count(o->sysfs_root, env);
+    if (gpus == 0 && s != "auto") refuse("--nproc-per-node gpu: no visible NVIDIA GPU");
+    o->nproc_per_node = gpus > 0 ? gpus : cpus();
+  } else if (parse_int(s, &n) && n >= 1 && n <= 100000) {
+    o->nproc_per_node = static_cast<int>(n);
+  } else {
+    refuse("--nproc-per-node expects a positive integer, cpu, gpu or auto, got '" + raw + "'");
+  }
+}
 
-  if (value_of("nnodes", &v)) {
-    std::string s = trim(v);
-    size_t colon = s.find(':');
+// How many nodes, which one this is, how many workers here.
+void parse_world(Source& src, const EnvMap& env, Options* o) {
+  std::string v, err;
+  if (src.value("sysfs-root", &v)) o->sysfs_root = v;
+  else if (env_has(env, "DETLITE_SYSFS_ROOT")) o->sysfs_root = env_get(env, "DETLITE_SYSFS_ROOT");
+  if (!detect_scheduler(env, &o->scheduler, &err)) refuse(err);
+  const SchedulerInfo& sched = o->scheduler;
+  if (src.value("nnodes", &v)) {
+    const std::string s = trim(v);
+    const size_t colon = s.find(':');
     long long lo = 0, hi = 0;
     bool ok = colon == std::string::npos ? parse_int(s, &lo) && (hi = lo, true)
                                          : parse_int(s.substr(0, colon), &lo) && parse_int(s.substr(colon + 1), &hi);
-    if (!ok || lo < 1 || lo > 100000) return fail("--nnodes expects N or N:N, got '" + v + "'");
-    if (hi != lo) return fail("elastic --nnodes " + s + " is not supported: give a fixed node count");
-    opt->nnodes = static_cast<int>(lo);
+    if (!ok || lo < 1 || lo > 100000) refuse("--nnodes expects N or N:N, got '" + v + "'");
+    if (hi != lo) refuse("elastic --nnodes " + s + " is not supported: give a fixed node count");
+    o->nnodes = static_cast<int>(lo);
   } else if (!sched.name.empty()) {
-    opt->nnodes = sched.nnodes;
+    o->nnodes = sched.nnodes;
   }
-  if (standalone) opt->nnodes = 1;
-
-  if (!int_opt("node-rank", 0, 100000, &opt->node_rank)) return fail(err);
-  if (!explicit_.count("node-rank") && !sched.name.empty()) opt->node_rank = sched.node_rank;
-  if (opt->node_rank >= opt->nnodes)
-    return fail("--node-rank " + std::to_string(opt->node_rank) + " is not below --nnodes " +
-                std::to_string(opt->nnodes));
-
-  if (value_of("nproc-per-node", &v)) {
-    std::string s = to_lower(trim(v));
-    long long n = 0;
-    if (s == "cpu") {
-      opt->nproc_per_node = count_cpus();
-    } else if (s == "gpu" || s == "cuda") {
-      int g = count_gpus(*opt, env);
-      if (g == 0) return fail("--nproc-per-node gpu: no visible NVIDIA GPU");
-      opt->nproc_per_node = g;
-    } else if (s == "auto") {
-      int g = count_gpus(*opt, env);
-      opt->nproc_per_node = g > 0 ? g : count_cpus();
-    } else if (parse_int(s, &n) && n >= 1 && n <= 100000) {
-      opt->nproc_per_node = static_cast<int>(n);
-    } else {
-      return fail("--nproc-per-node expects a positive integer, cpu, gpu or auto, got '" + v + "'");
-    }
+  if (src.flag("standalone")) {
+    // torchrun's --standalone forms its own one-node rendezvous on a free port; a node count or a
+    // port next to it cannot both hold, so say so instead of dropping one.
+    if (src.chosen("nnodes") && o->nnodes != 1)
+      refuse("--standalone runs a single node: it cannot be combined with --nnodes " + std::to_string(o->nnodes));
+    o->nnodes = 1;
   }
-
-  if (value_of("master-addr", &v)) opt->master_addr = trim(v);
-  else if (!sched.master_addr.empty()) opt->master_addr = sched.master_addr;
-  if (opt->master_addr.empty()) return fail("--master-addr is empty");
-  if (sched.master_addr.empty() && !sched.name.empty() && sched.nnodes > 1 && !explicit_.count("master-addr"))
-    return fail(sched.name + " does not tell where node 0 runs: pass --master-addr (the host of rank 0)");
-
-  if (!int_opt("master-port", 0, 65535, &opt->master_port)) return fail(err);
-  if (!explicit_.count("master-port") && (!sched.name.empty() || standalone)) opt->master_port = 0;
-  if (standalone) opt->master_port = 0;
-
-  opt->rdzv_host = opt->master_addr;
-  if (sched.rdzv_port > 0) opt->rdzv_port = sched.rdzv_port;
-  if (value_of("rdzv-endpoint", &v)) {
-    std::string s = trim(v), host = s, port;
-    if (!s.empty() && s[0] == '[') {  // [v6addr]:port
-      size_t close = s.find(']');
-      if (close == std::string::npos) return fail("--rdzv-endpoint: unbalanced '[' in '" + v + "'");
-      host = s.substr(1, close - 1);
-      if (close + 1 < s.size()) {
-        if (s[close + 1] != ':') return fail("--rdzv-endpoint expects [HOST]:PORT, got '" + v + "'");
-        port = s.substr(close + 2);
-      }
-    } else if (std::count(s.begin(), s.end(), ':') == 1) {
-      host = s.substr(0, s.find(':'));
-      port = s.substr(s.find(':') + 1);
-    }
-    if (!host.empty()) opt->rdzv_host = host;
-    if (!port.empty() || (std::count(s.begin(), s.end(), ':') == 1 && s.back() == ':')) {
-      long long p = 0;
-      if (!parse_int(port, &p) || p < 1 || p > 65535)
-        return fail("--rdzv-endpoint expects HOST[:PORT] with a port in 1..65535, got '" + v + "'");
-      opt->rdzv_port = static_cast<int>(p);
-    }
-  }
-  if (opt->nnodes > 1 && opt->master_port == opt->rdzv_port && opt->master_port != 0)
-    return fail("--master-port and the control-plane port (--rdzv-endpoint) are both " +
-                std::to_string(opt->master_port) + "; pick different ports");
-
-  if (value_of("rdzv-id", &v)) opt->run_id = trim(v);
-  else if (!sched.run_id.empty()) opt->run_id = sched.run_id;
-  if (opt->run_id.empty()) return fail("--rdzv-id is empty");
-
-  if (value_of("rdzv-conf", &v)) {
-    for (const std::string& kv : split(v, ',')) {
-      size_t eq = kv.find('=');
-      if (eq == std::string::npos) continue;
-      std::string key = trim(kv.substr(0, eq));
-      double t = 0;
-      if ((key == "join_timeout" || key == "timeout") && parse_double(trim(kv.substr(eq + 1)), &t) && t > 0)
-        opt->rdzv_timeout = t;
-    }
-  }
-  if (!seconds_opt("rdzv-timeout", 0.1, &opt->rdzv_timeout)) return fail(err);
-  if (value_of("local-addr", &v)) opt->local_addr = trim(v);
-  if (value_of("rdzv-backend", &v) && trim(v) != "static" && trim(v) != "c10d")
-    opt->notes.push_back("--rdzv-backend " + v + " is ignored: detlite-launch has its own control plane");
-
-  if (!int_opt("max-restarts", 0, 1000000, &opt->max_restarts)) return fail(err);
-  if (!seconds_opt("grace-period", 0, &opt->grace_period)) return fail(err);
-  if (!seconds_opt("heartbeat-interval", 0.01, &opt->heartbeat_interval)) return fail(err);
-  if (!seconds_opt("heartbeat-timeout", 0.05, &opt->heartbeat_timeout)) return fail(err);
-  if (opt->heartbeat_timeout <= opt->heartbeat_interval)
-    return fail("--heartbeat-timeout must be longer than --heartbeat-interval");
-  double ignored = 0;
-  if (!seconds_opt("monitor-interval", 0, &ignored)) return fail(err);
-
-  if (value_of("role", &v)) opt->role = v;
-  if (value_of("log-dir", &v)) opt->log_dir = v;
-  if (given.count("tee") || env_has(env, pet_name("tee"))) {
-    std::string t = given.count("tee") ? given["tee"] : env_get(env, pet_name("tee"));
-    long long x = 3;
-    if (!t.empty() && (!parse_int(trim(t), &x) || x < 0 || x > 3)) return fail("--tee expects 0-3, got '" + t + "'");
-    opt->tee = static_cast<int>(x);
-  }
-  if (value_of("redirects", &v)) {
-    long long x = 0;
-    // torchrun also allows per-rank maps ("0:1,1:2"); any value is accepted and has no further effect.
-    if (parse_int(trim(v), &x) && (x < 0 || x > 3)) return fail("--redirects expects 0-3, got '" + v + "'");
-  }
-  if ((opt->tee != 0) && opt->log_dir.empty())
-    opt->notes.push_back("--tee has no effect without --log-dir: all output goes to the console");
-
-  if (value_of("local-ranks-filter", &v)) {
-    for (const std::string& part : split(v, ',')) {
-      long long r = 0;
-      if (!parse_int(trim(part), &r) || r < 0) return fail("--local-ranks-filter expects R,R,..., got '" + v + "'");
-      opt->local_ranks_filter.insert(static_cast<int>(r));
-    }
-  }
-
-  if (value_of("numa-binding", &v)) {
-    std::string m = to_lower(trim(v));
-    if (m == "node" || m == "socket") opt->cpu_bind = CpuBind::Socket;
-    else if (m == "exclusive") opt->cpu_bind = CpuBind::SocketUniqueContiguous;
-    else if (m == "core-complex" || m == "core_complex") opt->cpu_bind = CpuBind::Core;
-    else return fail("--numa-binding expects node, socket, exclusive or core-complex, got '" + v + "'");
-  }
-  if (value_of("cpu-bind", &v) && !parse_cpu_bind(v, &opt->cpu_bind))
-    return fail("--cpu-bind expects none, socket, socket-unique-contiguous, socket-unique-interleaved or core, got '" +
-                v + "'");
-
-  opt->handled_signals = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-  if (value_of("signals-to-handle", &v)) {
-    opt->handled_signals.clear();
-    for (const std::string& name : split(v, ',')) {
-      int sig = signal_from_name(name);
-      if (sig != SIGTERM && sig != SIGINT && sig != SIGHUP && sig != SIGQUIT && sig != SIGUSR1 && sig != SIGUSR2)
-        return fail("--signals-to-handle accepts SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2; got '" + name + "'");
-      opt->handled_signals.push_back(sig);
-    }
-  }
-
-  opt->no_python = flag_of("no-python");
-  opt->module = flag_of("module");
-  opt->dry_run = flag_of("dry-run");
-  if (opt->no_python && opt->module) return fail("--no-python and -m/--module cannot be combined");
-  if (opt->script.empty()) return fail("missing the training script (or command with --no-python)");
-  return res;
+  src.integer("node-rank", 0, 100000, &o->node_rank);
+  if (!src.chosen("node-rank") && !sched.name.empty()) o->node_rank = sched.node_rank;
+  if (o->node_rank >= o->nnodes)
+    refuse("--node-rank " + std::to_string(o->node_rank) + " is not below --nnodes " + std::to_string(o->nnodes));
+  if (src.value("nproc-per-node", &v)) parse_nproc(v, env, o);
 }
 
-std::vector<std::string> worker_command(const Options& opt, const EnvMap& env) {
-  std::vector<std::string> cmd;
-  if (!opt.no_python) {
-    std::string py = env_get(env, "PYTHON_EXEC");
-    cmd.push_back(py.empty() ? "python3" : py);
-    cmd.push_back("-u");
-    if (opt.module) cmd.push_back("-m");
+void parse_endpoint(const std::string& v, Options* o) {
+  const std::string s = trim(v);
+  std::string host = s, port;
+  const bool one_colon = std::count(s.begin(), s.end(), ':') == 1;
+  if (!s.empty() && s[0] == '[') {  // [v6addr]:port
+    const size_t close = s.find(']');
+    if (close == std::string::npos) refuse("--rdzv-endpoint: unbalanced '[' in '" + v + "'");
+    host = s.substr(1, close - 1);
+    if (close + 1 < s.size() && s[close + 1] != ':') refuse("--rdzv-endpoint expects [HOST]:PORT, got '" + v + "'");
+    if (close + 1 < s.size()) port = s.substr(close + 2);
+  } else if (one_colon) {
+    host = s.substr(0, s.find(':'));
+    port = s.substr(s.find(':') + 1);
   }
-  cmd.push_back(opt.script);
-  cmd.insert(cmd.end(), opt.script_args.begin(), opt.script_args.end());
-  return cmd;
+  if (!host.empty()) o->rdzv_host = host;
+  if (port.empty() && !(one_colon && s.back() == ':')) return;
+  long long p = 0;
+  if (!parse_int(port, &p) || p < 1 || p > 65535)
+    refuse("--rdzv-endpoint expects HOST[:PORT] with a port in 1..65535, got '" + v + "'");
+  o->rdzv_port = static_cast<int>(p);
+}
+
+void parse_rdzv_conf(const std::string& v, Options* o) {
+  for (const std::string& raw : split(v, ',')) {
+    const std::string kv = trim(raw);
+    const size_t eq = kv.find('=');
+    if (kv.empty()) continue;
+    if (eq == std::string::npos) refuse("--rdzv-conf expects KEY=VALUE,..., got '" + v + "'");
+    const std::string key = trim(kv.substr(0, eq));
+    double t = 0;
+    if (key != "join_timeout" && key != "timeout")
+      refuse("--rdzv-conf " + key + " is not supported: only join_timeout (or timeout) applies to a fixed-size "
+             "rendezvous");
+    if (!parse_double(trim(kv.substr(eq + 1)), &t) || !(t > 0) || t > 1e7)
+      refuse("--rdzv-conf " + key + " expects a number of seconds, got '" + kv.substr(eq + 1) + "'");
+    o->rdzv_timeout = t;
+  }
+}
+
+// Where node 0 is, which ports, how the nodes find each other.
+void parse_rendezvous(Source& src, Options* o) {
+  const SchedulerInfo& sched = o->scheduler;
+  std::string v;
+  if (src.value("master-addr", &v)) o->master_addr = trim(v);
+  else if (!sched.master_addr.empty()) o->master_addr = sched.master_addr;
+  if (o->master_addr.empty()) refuse("--master-addr is empty");
+  if (sched.master_addr.empty() && !sched.name.empty() && sched.nnodes > 1 && !src.chosen("master-addr"))
+    refuse(sched.name + " does not tell where node 0 runs: pass --master-addr (the host of rank 0)");
+  src.integer("master-port", 0, 65535, &o->master_port);
+  if (src.flag("standalone") && src.chosen("master-port") && o->master_port != 0)
+    refuse("--standalone picks a free MASTER_PORT itself: it cannot be combined with --master-port " +
+           std::to_string(o->master_port));
+  if (!src.chosen("master-port") && (!sched.name.empty() || src.flag("standalone"))) o->master_port = 0;
+
+  o->rdzv_host = o->master_addr;
+  if (sched.rdzv_port > 0) o->rdzv_port = sched.rdzv_port;
+  if (src.value("rdzv-endpoint", &v)) parse_endpoint(v, o);
+  if (o->nnodes > 1 && o->master_port == o->rdzv_port && o->master_port != 0)
+    refuse("--master-port and the control-plane port (--rdzv-endpoint) are both " +
+           std::to_string(o->master_port) + "; pick different ports");
+  if (src.value("rdzv-id", &v)) o->run_id = trim(v);
+  else if (!sched.run_id.empty()) o->run_id = sched.run_id;
+  if (o->run_id.empty()) refuse("--rdzv-id is empty");
+  if (src.value("rdzv-conf", &v)) parse_rdzv_conf(v, o);
+  src.seconds("rdzv-timeout", 0.1, &o->rdzv_timeout);  // after --rdzv-conf: the explicit flag wins
+  if (src.value("local-addr", &v)) o->local_addr = trim(v);
+  if (src.value("rdzv-backend", &v) && to_lower(trim(v)) != "static" && to_lower(trim(v)) != "c10d")
+    refuse("--rdzv-backend " + v + " is not supported: detlite-launch has its own rendezvous through node 0 "
+           "(use static or c10d)");
+}
+
+// Restarts, stopping, heartbeats, signals.
+void parse_supervision(Source& src, Options* o) {
+  std::string v;
+  src.integer("max-restarts", 0, 1000000, &o->max_restarts);
+  src.seconds("grace-period", 0, &o->grace_period);
+  src.seconds("heartbeat-interval", 0.01, &o->heartbeat_interval);
+  src.seconds("heartbeat-timeout", 0.05, &o->heartbeat_timeout);
+  if (o->heartbeat_timeout <= o->heartbeat_interval)
+    refuse("--heartbeat-timeout must be longer than --heartbeat-interval");
+  if (src.value("monitor-interval", &v))
+    refuse("--monitor-interval is not supported: detlite-launch notices worker exits at once (SIGCHLD) instead "
+           "of polling; drop the option");
+  o->handled_signals.assign(std::begin(kHandled), std::end(kHandled));
+  if (!src.value("signals-to-handle", &v)) return;
+  o->handled_signals.clear();
+  for (const std::string& name : split(v, ',')) {
+    const int sig = signal_from_name(name);
+    if (std::find(std::begin(kHandled), std::end(kHandled), sig) == std::end(kHandled))
+      refuse("--signals-to-handle accepts SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2; got '" + name + "'");
+    o->handled_signals.push_back(sig);
+  }
+}
+
+int stream_bits(const char* name, const std::string& v, bool bare_is_3) {
+  long long x = 3;
+  if (!(bare_is_3 && v.empty()) && (!parse_int(trim(v), &x) || x < 0 || x > 3))
+    refuse(v.find(':') != std::string::npos
+               ? "per-rank --" + std::string(name) + " maps are not supported: give one value 0-3 for every rank"
+               : "--" + std::string(name) + " expects 0-3, got '" + v + "'");
+  return static_cast<int>(x);
+}
+
+// Where worker output goes: console, log files, which ranks.
+void parse_output(Source& src, Options* o) {
+  std::string v;
+  if (src.value("role", &v)) o->role = v;
+  if (src.value("log-dir", &v)) o->log_dir = v;
+  if (src.value("tee", &v)) o->tee = stream_bits("tee", v, true);
+  if (src.value("redirects", &v)) o->redirects = stream_bits("redirects", v, false);
+  if (o->tee != 0 && o->log_dir.empty())
+    o->notes.push_back("--tee has no effect without --log-dir: all output goes to the console");
+  if (src.chosen("redirects") && o->redirects != 0 && o->log_dir.empty())
+    refuse("--redirects " + std::to_string(o->redirects) + " needs --log-dir: redirected output goes to "
+           "DIR/attempt_<k>/rank_<r>/");
+  if (!src.value("local-ranks-filter", &v)) return;
+  for (const std::string& part : split(v, ',')) {
+    long long r = 0;
+    if (!parse_int(trim(part), &r) || r < 0) refuse("--local-ranks-filter expects R,R,..., got '" + v + "'");
+    o->local_ranks_filter.insert(static_cast<int>(r));
+  }
+}
+
+void parse_binding(Source& src, Options* o) {
+  std::string v;
+  if (src.value("numa-binding", &v)) {
+    const std::string m = to_lower(trim(v));
+    if (m == "node" || m == "socket") o->cpu_bind = CpuBind::Socket;
+    else if (m == "exclusive") o->cpu_bind = CpuBind::SocketUniqueContiguous;
+    else if (m == "core-complex" || m == "core_complex") o->cpu_bind = CpuBind::Core;
+    else refuse("--numa-binding expects node, socket, exclusive or core-complex, got '" + v + "'");
+  }
+  if (src.value("cpu-bind", &v) && !parse_cpu_bind(v, &o->cpu_bind))
+    refuse("--cpu-bind expects none, socket, socket-unique-contiguous, socket-unique-interleaved or core, got '" +
+           v + "'");
+}
+
+void parse_command(Source& src, Options* o) {
+  o->no_python = src.flag("no-python");
+  o->module = src.flag("module");
+  o->dry_run = src.flag("dry-run");
+  if (src.flag("run-path")) o->no_python = o->module = false;  // torchrun: --run-path takes precedence
+  if (o->no_python && o->module) refuse("--no-python and -m/--module cannot be combined");
+  if (o->script.empty()) refuse("missing the training script (or command with --no-python)");
 }
 
 std::string help_text() {
@@ -440,37 +373,73 @@ std::string help_text() {
       "Options accept dashes or underscores (--nproc_per_node), '--opt=value', and PET_<OPT> variables.\n"
       "\noptions:\n";
   for (const Spec& s : kSpecs) {
-    if (s.hidden) continue;
-    std::string head = "  ";
-    if (s.short_name) head += "-" + std::string(s.short_name) + ", ";
-    head += "--" + std::string(s.name);
-    if (s.metavar) head += " " + std::string(s.metavar);
-    out += head + "\n";
-    // Wrap the description at ~96 columns with an 6-space indent.
-    std::string line = "      ";
+    if (!s.help) continue;
+    out += std::string("  ") + (s.short_name ? "-" + std::string(s.short_name) + ", " : "") + "--" + s.name +
+           (s.metavar ? " " + std::string(s.metavar) : "") + "\n";
+    std::string line = "      ";  // the description, wrapped at 100 columns
     for (const std::string& word : split(s.help, ' ')) {
       if (line.size() + word.size() + 1 > 100 && line.size() > 6) {
         out += line + "\n";
         line = "      ";
       }
-      if (line.size() > 6) line += ' ';
-      line += word;
+      line += (line.size() > 6 ? " " : "") + word;
     }
     out += line + "\n";
   }
-  out +=
-      "\nexit status:\n"
-      "  0    every worker on every node exited 0\n"
-      "  N    the root-cause worker's own exit code (128+signal when a signal killed it); every node\n"
-      "       exits with the same code\n"
-      "  2    usage error (bad option or environment)\n"
-      "  124  rendezvous failed: nodes did not all join in time, a node's run id / protocol / world\n"
-      "       description did not match, or the control-plane port was taken\n"
-      "  125  a node was lost during the run (its launcher died or stopped sending heartbeats)\n"
-      "  126/127 the worker command could not be executed / was not found\n"
-      "  128+S the launcher itself received signal S (SIGINT, SIGTERM, ...) and stopped the job\n"
-      "\nSee docs/launcher.md for the environment set for workers, SLURM/MPI use and torchrun differences.\n";
-  return out;
+  return out +
+         "\nexit status:\n"
+         "  0    every worker on every node exited 0\n"
+         "  N    the root-cause worker's own exit code (128+signal when a signal killed it); every node\n"
+         "       exits with the same code\n"
+         "  2    usage error (bad option or environment)\n"
+         "  124  rendezvous failed: nodes did not all join in time, a node's run id / protocol / world\n"
+         "       description did not match, or the control-plane port was taken\n"
+         "  125  a node was lost during the run (its launcher died or stopped sending heartbeats)\n"
+         "  126/127 the worker command could not be executed / was not found\n"
+         "  128+S the launcher itself received signal S (SIGINT, SIGTERM, ...) and stopped the job\n"
+         "\nSee docs/launcher.md for the environment set for workers, SLURM/MPI use and torchrun differences.\n";
+}
+
+}  // namespace
+
+int parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options* opt) {
+  try {
+    std::map<std::string, std::string> given = tokenize(argv, opt);
+    std::vector<std::string> hosts;
+    std::string err;
+    const bool help = given.count("help"), version = given.count("version"), expand = given.count("expand-hostlist");
+    if (help) std::fputs(help_text().c_str(), stdout);
+    else if (version) std::printf("detlite-launch %s\n", kVersion);
+    else if (expand && !expand_hostlist(given["expand-hostlist"], &hosts, &err)) {
+      std::fprintf(stderr, "detlite-launch: %s\n", err.c_str());
+      return kExitUsage;
+    }
+    for (const std::string& h : hosts) std::printf("%s\n", h.c_str());
+    if (help || version || expand) return 0;
+    Source src(std::move(given), env);
+    parse_world(src, env, opt);
+    parse_rendezvous(src, opt);
+    parse_supervision(src, opt);
+    parse_output(src, opt);
+    parse_binding(src, opt);
+    parse_command(src, opt);
+    return -1;
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "detlite-launch: error: %s\n", e.msg.c_str());
+    return kExitUsage;
+  }
+}
+
+std::vector<std::string> worker_command(const Options& opt, const EnvMap& env) {
+  std::vector<std::string> cmd;
+  if (!opt.no_python) {
+    cmd = {env_get(env, "PYTHON_EXEC", "python3"), "-u"};
+    if (cmd[0].empty()) cmd[0] = "python3";
+    if (opt.module) cmd.push_back("-m");
+  }
+  cmd.push_back(opt.script);
+  cmd.insert(cmd.end(), opt.script_args.begin(), opt.script_args.end());
+  return cmd;
 }
 
 }  // namespace dl

@@ -1,18 +1,13 @@
 // Command line: torchrun's flag spellings (dashes or underscores, PET_<FLAG> environment fallbacks),
-// scheduler defaults, validation, and the --help text.
+// scheduler defaults, validation, and the --help text. A torchrun flag either does what torchrun's
+// does or is refused with a one-line reason; none is accepted and ignored.
 #pragma once
 
-#include <set>
-#include <string>
-#include <vector>
-
 #include "affinity.hpp"
-#include "slurm.hpp"
-#include "util.hpp"
+#include "scheduler.hpp"
 
 namespace dl {
 
-constexpr const char* kVersion = "0.1.0";
 constexpr int kExitUsage = 2;        // bad command line or environment
 constexpr int kExitRendezvous = 124; // the nodes could not form the job (timeout, mismatch, no port)
 constexpr int kExitPeerLost = 125;   // a node disappeared during the run
@@ -34,7 +29,8 @@ struct Options {
   double heartbeat_timeout = 15;
   std::string role = "default";
   std::string log_dir;
-  int tee = 0;                     // bit 1: stdout, bit 2: stderr also on the console with --log-dir
+  int redirects = 3;               // with --log-dir: streams (bit 1 stdout, bit 2 stderr) kept off the console
+  int tee = 0;                     // ... unless teed: also on the console
   std::set<int> local_ranks_filter;  // empty: every local rank on the console
   CpuBind cpu_bind = CpuBind::None;
   bool no_python = false;
@@ -48,16 +44,9 @@ struct Options {
   std::vector<std::string> notes;    // warnings from parsing, printed once the run starts
 };
 
-enum class ParseStatus { Ok, Help, Version, ExpandHostlist, Error };
-
-struct ParseResult {
-  ParseStatus status = ParseStatus::Ok;
-  std::string error;      // for Error
-  std::string hostlist;   // for ExpandHostlist
-};
-
-ParseResult parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options* opt);
-std::string help_text();
+// Fills *opt from argv and the environment. Returns -1 when the launcher should run; otherwise the
+// exit code, after printing what --help, --version or --expand-hostlist ask for, or the usage error.
+int parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options* opt);
 
 // The worker command line: python3 -u [-m] script args, or the command as is with --no-python.
 std::vector<std::string> worker_command(const Options& opt, const EnvMap& env);

@@ -4,19 +4,15 @@
 #pragma once
 
 #include <functional>
-#include <string>
-#include <vector>
 
-#include "args.hpp"
-#include "control.hpp"
 #include "report.hpp"
 
 namespace dl {
 
-class Coordinator {
+class Coordinator : public Pollable {
  public:
   using Send = std::function<void(int node, const Msg&)>;
-  Coordinator(const Options* opt, std::string hostname, std::string summary_dir, Send send);
+  Coordinator(const Options* opt, std::string hostname, Send send);
 
   // Validates a HELLO. Returns "" when the node may join; otherwise the reason, with *fatal set
   // when the whole run must stop (same run id but an inconsistent world description).
@@ -25,40 +21,37 @@ class Coordinator {
   void handle(int node, const Msg& m);  // FAIL, SIGNAL, FATE, DONE
   void node_lost(int node, const std::string& why);
   void fail_rendezvous(const std::string& why);
-  void tick(double now);
-  double next_deadline() const;
-
-  bool result_sent() const { return result_sent_; }
-  bool joined(int node) const;
-  std::vector<int> joined_nodes() const;
+  void tick(double now) override;  // the rendezvous deadline and its reminders
+  double next_deadline(double now) const override;
+  bool result_sent() const { return state_ == JobState::Done; }
 
  private:
+  // Node 0's view of the job: waiting for the nodes to join, a round running, a round being aborted
+  // (every node stops its workers and reports), the result sent to every node.
+  enum class JobState { Rendezvous, Running, Aborting, Done };
   struct Node {
     bool joined = false, lost = false, done = false;
     int nproc = 0, offset = 0;
     std::string host;
   };
+  void broadcast(const Msg& m);  // to every node that joined and was not lost
   void maybe_start();
   void start_round(const std::string& reason);
   void abort_round(const std::string& reason);
+  void on_signal(int node, int sig, double t);
   void finish_round();
+  std::vector<RootCause> causes() const;
   void send_result(int code, const RootCause* root, const std::string& report);
 
   const Options* opt_;
-  std::string summary_dir_;
   Send send_;
   std::vector<Node> nodes_;
   double rdzv_deadline_;
   double next_wait_note_;
-  bool started_ = false;
-  int round_ = -1;
-  int world_size_ = 0;
-  bool aborting_ = false;
-  bool no_restart_ = false;
-  bool result_sent_ = false;
-  std::vector<Fate> fates_;
+  JobState state_ = JobState::Rendezvous;
+  bool no_restart_ = false;  // a signal or a lost node: restarting would not help
   std::vector<RootCause> events_;  // signals / lost nodes in this round
-  std::vector<std::string> restarts_;
+  RunLog log_;
 };
 
 }  // namespace dl

@@ -1,6 +1,5 @@
-// Worker output: whole lines with a rank prefix on the console (written by one thread, so lines from
-// different ranks never interleave mid-line), raw bytes to per-rank log files, and a short tail of
-// every worker's last lines for failure reports.
+// The launcher's console: whole lines on stdout/stderr, written by one thread, so lines from
+// different ranks never interleave mid-line. (Worker output is read and prefixed in agent.cpp.)
 #pragma once
 
 #include <condition_variable>
@@ -29,54 +28,12 @@ class Console {
   std::deque<std::pair<int, std::string>> queue_;
   size_t bytes_ = 0;
   bool stopping_ = false;
-  bool started_ = false;
   std::thread thread_;
 };
 
 // Launcher messages on stderr, through the console so they stay whole and ordered.
 void set_log_console(Console* console);
 void log_line(const std::string& msg);
-
-// Splits a byte stream into lines. A line longer than max_line is emitted in pieces of max_line
-// bytes (each piece becomes a whole console line), so memory stays bounded.
-class LineSplitter {
- public:
-  explicit LineSplitter(size_t max_line = 64 * 1024) : max_line_(max_line) {}
-  template <typename F>
-  void feed(const char* data, size_t len, F&& emit) {
-    partial_.append(data, len);
-    size_t start = 0;
-    for (;;) {
-      size_t nl = partial_.find('\n', start);
-      if (nl == std::string::npos) break;
-      emit(partial_.substr(start, nl - start));
-      start = nl + 1;
-    }
-    partial_.erase(0, start);
-    while (partial_.size() >= max_line_) {
-      emit(partial_.substr(0, max_line_));
-      partial_.erase(0, max_line_);
-    }
-  }
-  template <typename F>
-  void finish(F&& emit) {
-    if (!partial_.empty()) emit(partial_);
-    partial_.clear();
-  }
-
- private:
-  size_t max_line_;
-  std::string partial_;
-};
-
-// The last few lines of a worker's output (both streams), each cut to a readable length.
-class Tail {
- public:
-  void add(const std::string& line);
-  std::string text() const;  // lines joined with '\n'
-
- private:
-  std::deque<std::string> lines_;
-};
+void log_lines(const std::string& text);  // each non-empty line of text
 
 }  // namespace dl

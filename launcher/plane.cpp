@@ -1,310 +1,513 @@
 #include "plane.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
 #include <algorithm>
-#include <cstdio>
-#include <set>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
 
-#include "output.hpp"
+#include "agent.hpp"
+#include "coordinator.hpp"
 
 namespace dl {
 
+std::string Msg::get(const std::string& key, const std::string& fallback) const {
+  for (const auto& p : kv)
+    if (p.first == key) return p.second;
+  return fallback;
+}
+
+long long Msg::get_int(const std::string& key, long long fallback) const {
+  long long v = 0;
+  return parse_int(get(key), &v) ? v : fallback;
+}
+
+double Msg::get_num(const std::string& key, double fallback) const {
+  double v = 0;
+  return parse_double(get(key), &v) ? v : fallback;
+}
+
 namespace {
-enum Slot { kListen, kPending, kPeer };
-constexpr double kRetry = 0.5;
 
-std::string seconds(double s) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", s);
-  return b;
-}
-}  // namespace
+constexpr size_t kMaxLine = 1 << 20;
+constexpr double kRetry = 0.5;  // seconds between connection attempts to node 0
 
-// ---------------------------------------------------------------------------------------------- Hub
-
-Hub::~Hub() {
-  if (listen_fd_ >= 0) close(listen_fd_);
+std::string pct_encode(const std::string& s) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || (c && std::strchr("._-:/,@+", c))) out += static_cast<char>(c);
+    else out += {'%', kHex[c >> 4], kHex[c & 15]};
+  }
+  return out;
 }
 
-bool Hub::listen(std::string* error) {
-  const std::string host = !opt_->local_addr.empty() ? opt_->local_addr
-                           : is_numeric_ip(opt_->rdzv_host) ? opt_->rdzv_host : "";
-  std::string err;
-  listen_fd_ = listen_on(host, opt_->rdzv_port, &err);
-  if (listen_fd_ < 0) {
-    *error = "cannot listen for the other nodes on " + (host.empty() ? std::string("*") : host) + ":" +
-             std::to_string(opt_->rdzv_port) + ": " + err + " (choose another port with --rdzv-endpoint)";
-    return false;
+bool pct_decode(const std::string& s, std::string* out) {
+  out->clear();
+  for (size_t i = 0; i < s.size(); ++i) {
+    const std::string hex = s[i] == '%' ? s.substr(i + 1, 2) : "";
+    if (s[i] == '%' && (hex.size() != 2 || !std::isxdigit(static_cast<unsigned char>(hex[0])) ||
+                        !std::isxdigit(static_cast<unsigned char>(hex[1]))))
+      return false;
+    *out += s[i] == '%' ? static_cast<char>(std::stoi(hex, nullptr, 16)) : s[i];
+    i += hex.size();
   }
   return true;
 }
 
-void Hub::send(int node, const Msg& m) {
-  auto it = peers_.find(node);
-  if (it != peers_.end()) it->second->send(m);
+std::string encode_msg(const Msg& m) {  // one line, with '\n'
+  std::string out = pct_encode(m.type);
+  for (const auto& p : m.kv) out += " " + pct_encode(p.first) + "=" + pct_encode(p.second);
+  return out + "\n";
 }
 
-void Hub::drop(int node, const std::string& why) {
-  auto it = peers_.find(node);
-  if (it == peers_.end()) return;
-  peers_.erase(it);
-  if (coord_) coord_->node_lost(node, why);
+bool decode_msg(const std::string& line, Msg* out) {  // line without '\n'
+  *out = Msg{};
+  const std::vector<std::string> parts = split(line, ' ');
+  if (parts[0].empty() || !pct_decode(parts[0], &out->type)) return false;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t eq = parts[i].find('=');
+    std::string k, v;
+    if (eq == std::string::npos || !pct_decode(parts[i].substr(0, eq), &k) || !pct_decode(parts[i].substr(eq + 1), &v))
+      return false;
+    out->kv.emplace_back(k, v);
+  }
+  return true;
 }
 
-void Hub::add_pollfds(std::vector<pollfd>* fds) {
-  slots_.clear();
-  if (listen_fd_ >= 0 && coord_ && !coord_->result_sent()) {
-    fds->push_back(pollfd{listen_fd_, POLLIN, 0});
-    slots_.emplace_back(kListen, 0);
+// One TCP connection with buffered, non-blocking I/O, and the heartbeats that keep it alive.
+class Conn {
+ public:
+  explicit Conn(int fd) : fd_(fd) {  // fd: non-blocking and close-on-exec, from socket() or accept4()
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    last_heard_ = last_sent_ = mono_now();
   }
-  for (size_t i = 0; i < pending_.size(); ++i) {
-    const Conn& c = *pending_[i].conn;
-    fds->push_back(pollfd{c.fd(), static_cast<short>(POLLIN | (c.wants_write() ? POLLOUT : 0)), 0});
-    slots_.emplace_back(kPending, static_cast<int>(i));
-  }
-  for (auto& p : peers_) {
-    fds->push_back(pollfd{p.second->fd(), static_cast<short>(POLLIN | (p.second->wants_write() ? POLLOUT : 0)), 0});
-    slots_.emplace_back(kPeer, p.first);
-  }
-}
+  ~Conn() { ::close(fd_); }
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
 
-void Hub::on_hello(Pending& p, const Msg& hello) {
-  bool fatal = false;
-  std::string why = coord_ ? coord_->check_hello(hello, &fatal) : "node 0 is shutting down";
-  if (why.empty()) {
-    const int node = static_cast<int>(hello.get_int("node"));
-    p.conn->send(Msg("WELCOME").set("version", kProtocolVersion));
-    peers_[node] = std::move(p.conn);
-    coord_->node_joined(node, hello);
-    return;
-  }
-  log_line("refused a node: " + why);
-  p.conn->send(Msg("REJECT").set("reason", why));
-  p.refused = true;
-  p.deadline = mono_now() + 1;
-  if (fatal && coord_) coord_->fail_rendezvous("inconsistent nodes: " + why);
-}
+  int fd() const { return fd_; }
+  bool wants_write() const { return !out_.empty(); }
+  bool closed() const { return closed_; }
+  const std::string& close_reason() const { return reason_; }
+  pollfd pollfd_in() const { return pollfd{fd_, static_cast<short>(POLLIN | (wants_write() ? POLLOUT : 0)), 0}; }
 
-void Hub::on_poll(const pollfd* fds, size_t n) {
-  std::vector<std::pair<int, std::string>> lost;
-  for (size_t i = 0; i < n && i < slots_.size(); ++i) {
-    const pollfd& p = fds[i];
-    if (!p.revents) continue;
-    const int kind = slots_[i].first, idx = slots_[i].second;
-    if (kind == kListen) {
-      for (;;) {
-        int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (fd < 0) break;
-        Pending pd;
-        pd.conn = std::make_unique<Conn>(fd);
-        pd.deadline = mono_now() + 10;  // a HELLO is due right away; drop silent connections
-        pending_.push_back(std::move(pd));
-      }
-    } else if (kind == kPending) {
-      Pending& pd = pending_[static_cast<size_t>(idx)];
-      if (!pd.conn) continue;
-      if (p.revents & POLLOUT) pd.conn->on_writable();
-      if (pd.refused) {
-        if (!pd.conn->wants_write()) pd.conn.reset();  // the REJECT is out
-        continue;
-      }
-      std::vector<Msg> msgs;
-      pd.conn->on_readable(&msgs);
-      if (!msgs.empty()) on_hello(pd, msgs.front());
-      else if (pd.conn->closed()) pd.conn.reset();
-    } else {
-      auto it = peers_.find(idx);
-      if (it == peers_.end()) continue;
-      Conn& c = *it->second;
-      if (p.revents & POLLOUT) c.on_writable();
-      std::vector<Msg> msgs;
-      if (p.revents & (POLLIN | POLLHUP | POLLERR)) c.on_readable(&msgs);
-      for (const Msg& m : msgs)
-        if (m.type != "HB" && coord_) coord_->handle(idx, m);
-      if (c.closed()) lost.emplace_back(idx, c.close_reason());
+  void send(const Msg& m) {
+    if (closed_) return;
+    out_ += encode_msg(m);
+    last_sent_ = mono_now();
+    on_writable();
+  }
+
+  // Sends a heartbeat when one is due; false once the peer has been silent for longer than the timeout.
+  bool heartbeat(double now, const Options& o) {
+    if (now - last_sent_ >= o.heartbeat_interval) send(Msg("HB"));
+    return now - last_heard_ <= o.heartbeat_timeout;
+  }
+
+  void on_writable() {
+    while (!out_.empty() && !closed_) {
+      const ssize_t n = ::send(fd_, out_.data(), out_.size(), MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      if (n <= 0) return fail(std::string("send: ") + errno_text(errno));
+      out_.erase(0, static_cast<size_t>(n));
     }
   }
-  for (auto& l : lost) drop(l.first, l.second);
-  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const Pending& p) { return !p.conn; }),
-                 pending_.end());
-}
 
-void Hub::tick(double now) {
-  const double hb = opt_->heartbeat_interval, timeout = opt_->heartbeat_timeout;
-  std::vector<int> silent;
-  for (auto& p : peers_) {
-    if (now - p.second->last_sent >= hb) p.second->send(Msg("HB"));
-    if (now - p.second->last_heard > timeout) silent.push_back(p.first);
-  }
-  for (int node : silent) drop(node, "no heartbeat for " + seconds(timeout) + " s");
-  for (auto& p : pending_)
-    if (now >= p.deadline) p.conn.reset();
-  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const Pending& p) { return !p.conn; }),
-                 pending_.end());
-}
-
-double Hub::next_deadline(double now) const {
-  return peers_.empty() ? now + 1 : now + opt_->heartbeat_interval / 2;
-}
-
-void Hub::linger(double secs) {
-  const double until = mono_now() + secs;
-  std::set<int> open, shut;
-  for (auto& p : peers_) open.insert(p.first);
-  while (!open.empty() && mono_now() < until) {
-    std::vector<pollfd> pf;
-    std::vector<int> ids;
-    for (int id : open) {
-      Conn& c = *peers_[id];
-      c.on_writable();
-      if (!c.wants_write() && !shut.count(id)) {
-        shutdown(c.fd(), SHUT_WR);
-        shut.insert(id);
+  // Reads what is available; appends complete messages. Sets closed() on EOF / error / garbage.
+  void on_readable(std::vector<Msg>* msgs) {
+    char buf[65536];
+    for (;;) {  // also when closed for sending: what the peer said before it went still counts
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (n <= 0) {
+        fail(n == 0 ? "connection closed by peer" : std::string("recv: ") + errno_text(errno));
+        break;
       }
-      pf.push_back(pollfd{c.fd(), static_cast<short>(POLLIN | (c.wants_write() ? POLLOUT : 0)), 0});
-      ids.push_back(id);
+      in_.append(buf, static_cast<size_t>(n));
+      if (in_.size() > kMaxLine && in_.find('\n') == std::string::npos) {
+        fail("oversized message");
+        break;
+      }
     }
-    if (poll(pf.data(), pf.size(), 50) <= 0) continue;
-    for (size_t i = 0; i < pf.size(); ++i) {
-      Conn& c = *peers_[ids[i]];
-      std::vector<Msg> ignored;
-      if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) c.on_readable(&ignored);
-      if (c.closed()) open.erase(ids[i]);
+    size_t start = 0;
+    for (size_t nl; (nl = in_.find('\n', start)) != std::string::npos; start = nl + 1) {
+      Msg m;
+      if (!decode_msg(in_.substr(start, nl - start), &m)) {
+        fail("malformed message");
+        break;
+      }
+      last_heard_ = mono_now();
+      msgs->push_back(std::move(m));
+    }
+    in_.erase(0, start);
+  }
+
+  void on_events(short revents, std::vector<Msg>* msgs) {  // as the revents of the last poll ask
+    if (revents & POLLOUT) on_writable();
+    if (revents & (POLLIN | POLLHUP | POLLERR)) on_readable(msgs);
+  }
+
+ private:
+  void fail(const std::string& why) {
+    if (!closed_) reason_ = why;
+    closed_ = true;
+  }
+  int fd_;
+  std::string in_, out_;
+  bool closed_ = false;
+  std::string reason_;
+  double last_heard_ = 0;  // mono time of the last message received
+  double last_sent_ = 0;   // mono time of the last message queued
+};
+
+bool is_numeric_ip(const std::string& host) {
+  in6_addr a6;
+  in_addr a4;
+  return inet_pton(AF_INET, host.c_str(), &a4) == 1 || inet_pton(AF_INET6, host.c_str(), &a6) == 1;
+}
+
+// Resolves host (name or numeric, IPv4 or IPv6; empty: every interface) and port.
+bool resolve(const std::string& host, int port, sockaddr_storage* addr, socklen_t* len, std::string* error) {
+  auto* a = reinterpret_cast<sockaddr_in*>(addr);
+  *a = sockaddr_in{};
+  a->sin_family = AF_INET;
+  a->sin_port = htons(static_cast<uint16_t>(port));
+  *len = sizeof(sockaddr_in);
+  if (host.empty()) return true;  // INADDR_ANY
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_socktype = SOCK_STREAM;
+  const int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+  if (rc != 0 || !res) return fail(error, "cannot resolve '" + host + "': " + gai_strerror(rc));
+  addrinfo* pick = res;  // prefer IPv4 (what MASTER_ADDR usually names), else the first answer
+  while (pick->ai_family != AF_INET && pick->ai_next) pick = pick->ai_next;
+  if (pick->ai_family != AF_INET) pick = res;
+  std::memcpy(addr, pick->ai_addr, pick->ai_addrlen);
+  *len = pick->ai_addrlen;
+  freeaddrinfo(res);
+  return true;
+}
+
+// A non-blocking TCP socket for host:port, with its address in *addr (-1 with *error).
+int open_socket(const std::string& host, int port, sockaddr_storage* addr, socklen_t* len, std::string* error) {
+  if (!resolve(host, port, addr, len, error)) return -1;
+  const int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) *error = "socket: " + errno_text(errno);
+  return fd;
+}
+
+int listen_on(const std::string& host, int port, std::string* error) {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  const int fd = open_socket(host, port, &addr, &len, error);
+  int one = 1;
+  if (fd < 0) return -1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) == 0 && ::listen(fd, 128) == 0) return fd;
+  *error = errno_text(errno);
+  ::close(fd);
+  return -1;
+}
+
+class TcpHub final : public Hub {
+ public:
+  TcpHub(const Options* opt, Coordinator* coord, int listen_fd) : opt_(opt), coord_(coord), listen_fd_(listen_fd) {}
+  ~TcpHub() override { close(listen_fd_); }
+
+  void send(int node, const Msg& m) override {
+    if (Peer* p = find(node)) p->conn->send(m);
+  }
+
+  void add_pollfds(std::vector<pollfd>* fds) override {
+    peers_.erase(std::remove_if(peers_.begin(), peers_.end(), [](const Peer& p) { return !p.conn; }), peers_.end());
+    listen_polled_ = !coord_->result_sent();
+    if (listen_polled_) fds->push_back(pollfd{listen_fd_, POLLIN, 0});
+    for (const Peer& p : peers_) fds->push_back(p.conn->pollfd_in());
+    polled_ = peers_.size();
+  }
+
+  void on_poll(const pollfd* fds, size_t n) override {
+    const size_t first = listen_polled_ ? 1 : 0;
+    std::vector<std::pair<int, std::string>> lost;
+    for (size_t i = 0; i < polled_ && first + i < n; ++i)  // before accepting: peers_ may grow
+      if (fds[first + i].revents && peers_[i].conn) on_events(peers_[i], fds[first + i].revents, &lost);
+    for (const auto& l : lost) drop(l.first, l.second);
+    while (first && fds[0].revents) {
+      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0) return;
+      peers_.emplace_back();
+      peers_.back().conn = std::make_unique<Conn>(fd);
+      peers_.back().deadline = mono_now() + 10;  // a HELLO is due right away; drop silent connections
     }
   }
-  peers_.clear();
-}
 
-// ------------------------------------------------------------------------------------------- Uplink
+  void tick(double now) override {
+    std::vector<int> silent;
+    for (Peer& p : peers_) {
+      if (p.conn && p.node < 0 && now >= p.deadline) p.conn.reset();
+      if (p.conn && p.node >= 0 && !p.conn->heartbeat(now, *opt_)) silent.push_back(p.node);
+    }
+    for (int node : silent) drop(node, "no heartbeat for " + fmt_num(opt_->heartbeat_timeout) + " s");
+  }
 
-Uplink::Uplink(const Options* opt, Agent* agent, std::string hostname)
-    : opt_(opt), agent_(agent), hostname_(std::move(hostname)) {
-  deadline_ = mono_now() + opt->rdzv_timeout;
-  next_note_ = mono_now() + 5;
-}
+  double next_deadline(double now) const override {
+    const bool joined = std::any_of(peers_.begin(), peers_.end(), [](const Peer& p) { return p.conn && p.node >= 0; });
+    return joined ? now + opt_->heartbeat_interval / 2 : now + 1;
+  }
 
-Uplink::~Uplink() {
-  if (connecting_fd_ >= 0) close(connecting_fd_);
-}
+  void linger(double secs) override {
+    const double until = mono_now() + secs;
+    std::vector<Conn*> open;
+    std::set<Conn*> shut;
+    for (Peer& p : peers_)
+      if (p.conn && p.node >= 0) open.push_back(p.conn.get());
+    while (!open.empty() && mono_now() < until) {
+      std::vector<pollfd> pf;
+      for (Conn* c : open) {
+        c->on_writable();
+        if (!c->wants_write() && shut.insert(c).second) shutdown(c->fd(), SHUT_WR);
+        pf.push_back(c->pollfd_in());
+      }
+      if (poll(pf.data(), pf.size(), 50) <= 0) continue;
+      for (size_t i = pf.size(); i-- > 0;) {
+        std::vector<Msg> ignored;
+        open[i]->on_events(pf[i].revents & ~POLLOUT, &ignored);
+        if (open[i]->closed()) open.erase(open.begin() + static_cast<long>(i));
+      }
+    }
+    peers_.clear();
+  }
 
-void Uplink::send(const Msg& m) {
-  if (state_ == Joined && conn_) conn_->send(m);
-}
+ private:
+  struct Peer {
+    std::unique_ptr<Conn> conn;
+    int node = -1;         // -1 until its HELLO is accepted
+    double deadline = 0;   // for a HELLO, or for a REJECT to go out
+    bool refused = false;
+  };
 
-void Uplink::lost(const std::string& why) {
-  conn_.reset();
-  state_ = Gone;
-  agent_->set_connected(false);
-  agent_->coordinator_lost(why);
-}
+  Peer* find(int node) {
+    for (Peer& p : peers_)
+      if (p.conn && p.node == node) return &p;
+    return nullptr;
+  }
 
-void Uplink::tick(double now) {
-  if (state_ == Waiting && now >= next_attempt_) {
-    std::string err;
+  void drop(int node, const std::string& why) {
+    Peer* p = find(node);
+    if (!p) return;
+    p->conn.reset();
+    coord_->node_lost(node, why);
+  }
+
+  void on_hello(Peer& p, const Msg& hello) {
     bool fatal = false;
-    int fd = start_connect(opt_->rdzv_host, opt_->rdzv_port, opt_->local_addr, &err, &fatal);
-    if (fd >= 0) {
-      connecting_fd_ = fd;
-      state_ = Connecting;
-    } else if (fatal) {
-      state_ = Gone;
-      agent_->finish_now(kExitRendezvous, err);
+    const std::string why = coord_->check_hello(hello, &fatal);
+    if (why.empty()) {
+      p.node = static_cast<int>(hello.get_int("node"));
+      p.conn->send(Msg("WELCOME").set("version", kProtocolVersion));
+      coord_->node_joined(p.node, hello);
       return;
-    } else {
-      last_error_ = err;
-      next_attempt_ = now + kRetry;
+    }
+    log_line("refused a node: " + why);
+    p.conn->send(Msg("REJECT").set("reason", why));
+    p.refused = true;
+    p.deadline = mono_now() + 1;
+    if (fatal) coord_->fail_rendezvous("inconsistent nodes: " + why);
+  }
+
+  void on_events(Peer& p, short revents, std::vector<std::pair<int, std::string>>* lost) {
+    if (p.refused) {  // only the REJECT still has to go out
+      if (revents & POLLOUT) p.conn->on_writable();
+      if (!p.conn->wants_write()) p.conn.reset();
+      return;
+    }
+    std::vector<Msg> msgs;
+    p.conn->on_events(p.node < 0 ? revents | POLLIN : revents, &msgs);
+    if (p.node < 0 && !msgs.empty()) return on_hello(p, msgs.front());
+    for (const Msg& m : msgs)
+      if (m.type != "HB") coord_->handle(p.node, m);
+    if (p.conn->closed() && p.node < 0) p.conn.reset();
+    else if (p.conn->closed()) lost->emplace_back(p.node, p.conn->close_reason());  // a copy: drop() frees it
+  }
+
+  const Options* opt_;
+  Coordinator* coord_;
+  int listen_fd_;
+  bool listen_polled_ = false;
+  size_t polled_ = 0;  // peers_ polled by the last add_pollfds, after the listening socket
+  std::vector<Peer> peers_;
+};
+
+class TcpUplink final : public Uplink {
+ public:
+  TcpUplink(const Options* opt, Agent* agent, std::string hostname)
+      : opt_(opt), agent_(agent), hostname_(std::move(hostname)), deadline_(mono_now() + opt->rdzv_timeout),
+        next_note_(mono_now() + 5) {}
+
+  void send(const Msg& m) override {
+    if (state_ == Joined && conn_) conn_->send(m);
+  }
+
+  void add_pollfds(std::vector<pollfd>* fds) override {
+    if (conn_ && (state_ == Connecting || state_ == Handshake || state_ == Joined))
+      fds->push_back(state_ == Connecting ? pollfd{conn_->fd(), POLLOUT, 0} : conn_->pollfd_in());
+  }
+
+  void on_poll(const pollfd* fds, size_t n) override {
+    if (n == 0 || !fds[0].revents || !conn_) return;
+    if (state_ == Connecting) return on_connected();
+    std::vector<Msg> msgs;
+    conn_->on_events(fds[0].revents, &msgs);
+    for (const Msg& m : msgs) {
+      on_message(m);
+      if (state_ == Gone) return;
+    }
+    if (conn_ && conn_->closed() && !agent_->finished()) {
+      const std::string why = conn_->close_reason();
+      if (state_ == Handshake) {  // node 0 may be restarting: try again until the deadline
+        conn_.reset();
+        retry(why);
+      } else if (state_ == Joined) {
+        lost("lost the connection to node 0 (" + why + ")");
+      }
     }
   }
-  const std::string where = opt_->rdzv_host + ":" + std::to_string(opt_->rdzv_port);
-  if (state_ == Waiting || state_ == Connecting || state_ == Handshake) {
-    if (now >= deadline_) {
-      state_ = Gone;
-      agent_->finish_now(kExitRendezvous, "could not join node 0 at " + where + " within " +
-                                              seconds(opt_->rdzv_timeout) + " s" +
-                                              (last_error_.empty() ? "" : " (last error: " + last_error_ + ")"));
-      return;
-    }
+
+  void tick(double now) override {
+    if (state_ == Waiting && now >= next_attempt_) try_connect();
+    if (state_ == Joined && conn_ && !conn_->heartbeat(now, *opt_))
+      return lost("no heartbeat from node 0 for " + fmt_num(opt_->heartbeat_timeout) + " s");
+    if (state_ == Joined || state_ == Gone) return;
+    const std::string where = opt_->rdzv_host + ":" + std::to_string(opt_->rdzv_port);
+    if (now >= deadline_)
+      return give_up(kExitRendezvous, "could not join node 0 at " + where + " within " +
+                                          fmt_num(opt_->rdzv_timeout) + " s" +
+                                          (last_error_.empty() ? "" : " (last error: " + last_error_ + ")"));
     if (now >= next_note_) {
       log_line("waiting for node 0 at " + where + (last_error_.empty() ? "" : " (" + last_error_ + ")"));
       next_note_ = now + 30;
     }
   }
-  if (state_ == Joined && conn_) {
-    if (now - conn_->last_sent >= opt_->heartbeat_interval) conn_->send(Msg("HB"));
-    if (now - conn_->last_heard > opt_->heartbeat_timeout)
-      lost("no heartbeat from node 0 for " + seconds(opt_->heartbeat_timeout) + " s");
+
+  double next_deadline(double now) const override {
+    if (state_ == Waiting) return std::min(next_attempt_, deadline_);
+    if (state_ == Joined) return now + opt_->heartbeat_interval / 2;
+    return state_ == Gone ? now + 1 : std::min(deadline_, now + 1);
   }
-}
 
-double Uplink::next_deadline(double now) const {
-  switch (state_) {
-    case Waiting: return std::min(next_attempt_, deadline_);
-    case Connecting:
-    case Handshake: return std::min(deadline_, now + 1);
-    case Joined: return now + opt_->heartbeat_interval / 2;
-    case Gone: break;
-  }
-  return now + 1;
-}
+ private:
+  enum State { Waiting, Connecting, Handshake, Joined, Gone };
 
-void Uplink::add_pollfds(std::vector<pollfd>* fds) {
-  if (state_ == Connecting) fds->push_back(pollfd{connecting_fd_, POLLOUT, 0});
-  else if ((state_ == Handshake || state_ == Joined) && conn_)
-    fds->push_back(pollfd{conn_->fd(), static_cast<short>(POLLIN | (conn_->wants_write() ? POLLOUT : 0)), 0});
-}
-
-void Uplink::on_poll(const pollfd* fds, size_t n) {
-  if (n == 0 || !fds[0].revents) return;
-  if (state_ == Connecting) {
-    int err = connect_result(connecting_fd_);
-    if (err != 0) {
-      close(connecting_fd_);
-      connecting_fd_ = -1;
-      last_error_ = errno_text(err);
-      state_ = Waiting;
-      next_attempt_ = mono_now() + kRetry;
-      return;
+  // A non-blocking connect to node 0, from --local-addr when given. Not being able to bind to it is
+  // final: retrying cannot make it an address of this host.
+  void try_connect() {
+    sockaddr_storage addr{}, local{};
+    socklen_t len = 0, local_len = 0;
+    std::string err;
+    const int fd = open_socket(opt_->rdzv_host, opt_->rdzv_port, &addr, &len, &err);
+    if (fd < 0) return retry(err);
+    if (!opt_->local_addr.empty() && (!resolve(opt_->local_addr, 0, &local, &local_len, &err) ||
+                                      bind(fd, reinterpret_cast<sockaddr*>(&local), local_len) != 0)) {
+      if (err.empty()) err = "cannot bind to --local-addr " + opt_->local_addr + ": " + errno_text(errno);
+      ::close(fd);
+      return give_up(kExitRendezvous, err);
     }
-    conn_ = std::make_unique<Conn>(connecting_fd_);
-    connecting_fd_ = -1;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 && errno != EINPROGRESS) {
+      err = errno_text(errno);
+      ::close(fd);
+      return retry(err);
+    }
+    conn_ = std::make_unique<Conn>(fd);
+    state_ = Connecting;
+  }
+
+  void on_connected() {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(conn_->fd(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) conn_.reset();
+    if (err != 0) return retry(errno_text(err));
     state_ = Handshake;
     Msg hello("HELLO");
     hello.set("proto", kProtocolName).set("version", kProtocolVersion).set("run", opt_->run_id);
     hello.set("nnodes", opt_->nnodes).set("node", opt_->node_rank).set("nproc", opt_->nproc_per_node);
     hello.set("max_restarts", opt_->max_restarts).set("host", hostname_);
     conn_->send(hello);
-    return;
   }
-  if (!conn_) return;
-  if (fds[0].revents & POLLOUT) conn_->on_writable();
-  std::vector<Msg> msgs;
-  if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) conn_->on_readable(&msgs);
-  for (const Msg& m : msgs) {
+
+  void on_message(const Msg& m) {
     if (state_ == Handshake && m.type == "WELCOME") {
       state_ = Joined;
-      agent_->set_connected(true);
+      agent_->coordinator_joined();
     } else if (state_ == Handshake && m.type == "REJECT") {
-      state_ = Gone;
-      conn_.reset();
-      agent_->finish_now(kExitRendezvous, "node 0 refused this node: " + m.get("reason"));
-      return;
+      give_up(kExitRendezvous, "node 0 refused this node: " + m.get("reason"));
     } else if (m.type != "HB" && m.type != "WELCOME") {
       agent_->handle(m);  // START, ABORT, RESULT
     }
   }
-  if (conn_ && conn_->closed() && !agent_->finished()) {
-    const std::string why = conn_->close_reason();
-    if (state_ == Handshake) {  // node 0 may be restarting: try again until the deadline
-      conn_.reset();
-      state_ = Waiting;
-      last_error_ = why;
-      next_attempt_ = mono_now() + kRetry;
-    } else if (state_ == Joined) {
-      lost("lost the connection to node 0 (" + why + ")");
-    }
+
+  void retry(const std::string& error) {
+    last_error_ = error;
+    state_ = Waiting;
+    next_attempt_ = mono_now() + kRetry;
   }
+
+  void give_up(int code, const std::string& why) {
+    state_ = Gone;
+    conn_.reset();
+    agent_->finish_now(code, why);
+  }
+
+  void lost(const std::string& why) {
+    conn_.reset();
+    state_ = Gone;
+    agent_->coordinator_lost(why);
+  }
+
+  const Options* opt_;
+  Agent* agent_;
+  const std::string hostname_;
+  State state_ = Waiting;
+  std::unique_ptr<Conn> conn_;  // from the first connect attempt on
+  double next_attempt_ = 0;
+  const double deadline_;
+  double next_note_;
+  std::string last_error_;
+};
+
+}  // namespace
+
+int probe_port(int port) {
+  std::string err;
+  const int fd = listen_on("", port, &err);
+  sockaddr_in addr{};
+  socklen_t len = sizeof addr;
+  const bool ok = fd >= 0 && getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  if (fd >= 0) ::close(fd);
+  return ok ? ntohs(addr.sin_port) : 0;
+}
+
+std::unique_ptr<Hub> start_hub(const Options* opt, Coordinator* coord, std::string* error) {
+  const std::string host = !opt->local_addr.empty() ? opt->local_addr
+                           : is_numeric_ip(opt->rdzv_host) ? opt->rdzv_host : "";
+  std::string err;
+  const int fd = listen_on(host, opt->rdzv_port, &err);
+  if (fd >= 0) return std::make_unique<TcpHub>(opt, coord, fd);
+  *error = "cannot listen for the other nodes on " + (host.empty() ? std::string("*") : host) + ":" +
+           std::to_string(opt->rdzv_port) + ": " + err + " (choose another port with --rdzv-endpoint)";
+  return nullptr;
+}
+
+std::unique_ptr<Uplink> start_uplink(const Options* opt, Agent* agent, std::string hostname) {
+  return std::make_unique<TcpUplink>(opt, agent, std::move(hostname));
 }
 
 }  // namespace dl

@@ -1,83 +1,59 @@
-// The two ends of the control plane. Node 0 runs a Hub: it accepts the other launchers, checks their
-// HELLO with the coordinator, relays messages both ways and declares nodes lost (closed connection
-// or missed heartbeats). Every other node runs an Uplink: it connects to node 0 with retries until
-// the rendezvous timeout, introduces itself, relays messages to and from the local agent and reports
-// node 0's loss. Both are driven by the launcher's poll loop through add_pollfds / on_poll / tick.
+// The control plane between launchers: one text line per message ("TYPE key=value ..." with values
+// percent-encoded) over TCP, on non-blocking sockets driven by the launcher's poll loop.
+// Node 0 runs a Hub: it accepts the other launchers, checks their HELLO with the coordinator, relays
+// messages both ways and declares nodes lost (closed connection or missed heartbeats). Every other
+// node runs an Uplink: it connects to node 0 with retries until the rendezvous timeout, introduces
+// itself, relays messages to and from the local agent and reports node 0's loss.
 #pragma once
 
-#include <poll.h>
-
-#include <map>
 #include <memory>
-#include <string>
-#include <vector>
 
-#include "args.hpp"
-#include "control.hpp"
-#include "coordinator.hpp"
-#include "supervisor.hpp"
+#include "util.hpp"
 
 namespace dl {
 
-class Hub {
- public:
-  explicit Hub(const Options* opt) : opt_(opt) {}
-  ~Hub();
-  void set_coordinator(Coordinator* c) { coord_ = c; }
-  bool listen(std::string* error);  // on --local-addr, else on a numeric rdzv host, else everywhere
-  void send(int node, const Msg& m);
+struct Options;
+class Agent;
+class Coordinator;
 
-  void add_pollfds(std::vector<pollfd>* fds);
-  void on_poll(const pollfd* fds, size_t n);  // the entries added by the last add_pollfds
-  void tick(double now);
-  double next_deadline(double now) const;
+constexpr int kProtocolVersion = 1;
+constexpr const char* kProtocolName = "detlite-launch";
+
+struct Msg {
+  std::string type;
+  std::vector<std::pair<std::string, std::string>> kv;  // in the order set (each key is set once)
+
+  Msg() = default;
+  explicit Msg(std::string t) : type(std::move(t)) {}
+  Msg& set(const std::string& key, const std::string& value) {
+    kv.emplace_back(key, value);
+    return *this;
+  }
+  Msg& set(const std::string& key, long long value) { return set(key, std::to_string(value)); }
+  Msg& set_num(const std::string& key, double value) { return set(key, fmt_num(value, "%.6f")); }
+  std::string get(const std::string& key, const std::string& fallback = "") const;
+  long long get_int(const std::string& key, long long fallback = 0) const;
+  double get_num(const std::string& key, double fallback = 0) const;
+};
+
+// Listens on every interface for a moment, with SO_REUSEADDR as the store does: the port it got
+// (for port 0 a free one chosen by the kernel), or 0 when the port cannot be bound.
+int probe_port(int port);
+
+class Hub : public Pollable {
+ public:
+  virtual void send(int node, const Msg& m) = 0;
   // After the result went out: flush, half-close, and wait (bounded) for the peers to close, so that
   // closing with unread data cannot reset a connection before a peer has read the result.
-  void linger(double seconds);
-
- private:
-  struct Pending {
-    std::unique_ptr<Conn> conn;
-    double deadline = 0;
-    bool refused = false;
-  };
-  void on_hello(Pending& p, const Msg& hello);
-  void drop(int node, const std::string& why);
-
-  const Options* opt_;
-  Coordinator* coord_ = nullptr;
-  int listen_fd_ = -1;
-  std::vector<Pending> pending_;
-  std::map<int, std::unique_ptr<Conn>> peers_;
-  std::vector<std::pair<int, int>> slots_;  // per polled fd: (kind, index or node)
+  virtual void linger(double seconds) = 0;
 };
+// Listens on --local-addr, else on a numeric rdzv host, else everywhere; null with *error on failure.
+std::unique_ptr<Hub> start_hub(const Options* opt, Coordinator* coord, std::string* error);
 
-class Uplink {
+class Uplink : public Pollable {
  public:
-  Uplink(const Options* opt, Agent* agent, std::string hostname);
-  ~Uplink();
-  void send(const Msg& m);  // dropped unless joined
-  bool joined() const { return state_ == Joined; }
-
-  void add_pollfds(std::vector<pollfd>* fds);
-  void on_poll(const pollfd* fds, size_t n);
-  void tick(double now);
-  double next_deadline(double now) const;
-
- private:
-  enum State { Waiting, Connecting, Handshake, Joined, Gone };
-  void lost(const std::string& why);
-
-  const Options* opt_;
-  Agent* agent_;
-  std::string hostname_;
-  State state_ = Waiting;
-  int connecting_fd_ = -1;
-  std::unique_ptr<Conn> conn_;
-  double next_attempt_ = 0;
-  double deadline_;
-  double next_note_;
-  std::string last_error_;
+  virtual void send(const Msg& m) = 0;  // dropped unless joined
 };
+std::unique_ptr<Uplink> start_uplink(const Options* opt, Agent* agent, std::string hostname);
 
 }  // namespace dl

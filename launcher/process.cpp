@@ -4,255 +4,254 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
 #include <cerrno>
 #include <csignal>
-#include <cstring>
-#include <map>
-
-#include "util.hpp"
 
 namespace dl {
 
 namespace {
+
+std::vector<char*> c_strings(const std::vector<std::string>& v) {  // null-terminated, as execve wants
+  std::vector<char*> out;
+  for (const std::string& s : v) out.push_back(const_cast<char*>(s.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+// Everything the child needs, prepared before fork: after fork it only makes system calls (the
+// launcher has other threads, so the child may not allocate).
+struct ChildPlan {
+  std::vector<std::string> candidates;  // argv[0] resolved against PATH, in search order
+  std::vector<std::string> env;         // "KEY=VALUE"
+  std::vector<char*> argv, envp, paths;
+  cpu_set_t mask;
+  bool bind = false;
+  int pipes[3][2];  // stdout, stderr, exec status (close-on-exec: EOF means the exec worked)
+  int devnull = -1;
+  pid_t parent = 0;
+};
+
+[[noreturn]] void exec_child(const ChildPlan& p) {
+  // Own session and process group, so the launcher can signal the worker with everything it starts,
+  // and terminal signals reach it only through the launcher.
+  setsid();
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != p.parent) _exit(128 + SIGKILL);  // the launcher died before prctl took effect
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);  // undo the launcher's SIG_IGN (SIGPIPE)
+  if (p.bind) sched_setaffinity(0, sizeof p.mask, &p.mask);
+  if (p.devnull >= 0) dup2(p.devnull, 0);
+  dup2(p.pipes[0][1], 1);
+  dup2(p.pipes[1][1], 2);
+  int e = ENOENT;
+  for (size_t i = 0; i + 1 < p.paths.size(); ++i) {
+    execve(p.paths[i], p.argv.data(), p.envp.data());
+    if (errno == EACCES || errno == ENOEXEC) e = errno;  // remember, keep searching
+    else if (errno != ENOENT && errno != ENOTDIR) { e = errno; break; }
+  }
+  write_all(p.pipes[2][1], &e, sizeof e);
+  _exit(e == ENOENT || e == ENOTDIR ? 127 : 126);
+}
+
+void remove_tree(const std::string& path) {
+  if (DIR* d = ::opendir(path.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name, child = path + "/" + name;
+      if (name == "." || name == "..") continue;
+      struct stat st{};
+      if (::lstat(child.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(child);
+      else ::unlink(child.c_str());
+    }
+    ::closedir(d);
+  }
+  ::rmdir(path.c_str());
+}
 
 void set_nonblocking(int fd) {
   int fl = fcntl(fd, F_GETFL);
   if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-void write_all_raw(int fd, const void* data, size_t len) {
-  const char* p = static_cast<const char*>(data);
-  while (len > 0) {
-    ssize_t n = ::write(fd, p, len);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    p += n;
-    len -= static_cast<size_t>(n);
+void signal_group(pid_t pgid, int sig) {
+  if (pgid > 1) kill(-pgid, sig);  // a group that is already gone is fine
+}
+
+// Direct children of this process other than `keep` (orphans re-parented to us as subreaper).
+std::vector<pid_t> list_children(pid_t keep) {
+  std::vector<pid_t> out;
+  const pid_t self = getpid();
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    long long pid = 0, ppid = 0;
+    std::string stat;
+    if (!parse_int(e->d_name, &pid) || !read_text_file("/proc/" + std::string(e->d_name) + "/stat", &stat)) continue;
+    // "pid (comm) state ppid ...": comm may contain spaces and parentheses, so parse after the last ')'.
+    const size_t rp = stat.rfind(')');
+    if (rp == std::string::npos) continue;
+    std::vector<std::string> fields = split(trim(stat.substr(rp + 1)), ' ');
+    if (fields.size() >= 2 && parse_int(fields[1], &ppid) && ppid == self && pid != keep)
+      out.push_back(static_cast<pid_t>(pid));
   }
+  closedir(d);
+  return out;
+}
+
+// The guardian: reads "+pgid" / "-pgid" lines; on EOF without "q" (the launcher died, even by
+// SIGKILL) it SIGKILLs every group it knows and removes the launcher's temporary directory.
+[[noreturn]] void guardian_main(int fd, const std::string& temp_dir) {
+  setpgid(0, 0);  // survives the launcher (no parent-death signal), ignores terminal signals
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGTSTP, SIGTTIN, SIGTTOU})
+    signal(s, SIG_IGN);
+  const int devnull = open("/dev/null", O_RDWR);
+  for (int other = 0; other < 1024; ++other)  // e.g. the console pipe a caller waits on for EOF
+    if (other != fd && other != devnull) close(other);
+  for (int std_fd = 0; devnull >= 0 && std_fd <= 2; ++std_fd) dup2(devnull, std_fd);
+  std::set<pid_t> groups;
+  std::string buf;
+  char chunk[512];
+  bool clean = false;
+  while (!clean) {
+    ssize_t n = read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    buf.append(chunk, static_cast<size_t>(n));
+    for (size_t nl; (nl = buf.find('\n')) != std::string::npos; buf.erase(0, nl + 1)) {
+      const std::string line = buf.substr(0, nl);
+      long long v = 0;
+      if (line == "q") clean = true;
+      else if (line.size() > 1 && parse_int(line.substr(1), &v) && v > 1 && line[0] == '+') groups.insert(pid_t(v));
+      else if (line.size() > 1 && parse_int(line.substr(1), &v)) groups.erase(pid_t(v));
+    }
+  }
+  if (!clean) {
+    for (pid_t g : groups) kill(-g, SIGKILL);
+    if (!temp_dir.empty()) remove_tree(temp_dir);
+  }
+  _exit(0);
 }
 
 }  // namespace
 
-SpawnResult spawn_worker(const SpawnRequest& req) {
+SpawnResult spawn_worker(const std::vector<std::string>& argv, const EnvMap& env, const std::set<int>& cpus) {
   SpawnResult res;
-  if (req.argv.empty()) {
-    res.error = "empty command";
-    return res;
-  }
-  // Everything the child needs is prepared before fork: after fork it only makes system calls.
-  std::vector<std::string> candidates;
-  const std::string& prog = req.argv[0];
+  ChildPlan p;
+  const std::string& prog = argv[0];
+  const std::string path = env_get(env, "PATH");
   if (prog.find('/') != std::string::npos) {
-    candidates.push_back(prog);
+    p.candidates.push_back(prog);
   } else {
-    for (const std::string& dir : split(req.path_env.empty() ? "/usr/local/bin:/usr/bin:/bin" : req.path_env, ':'))
-      candidates.push_back((dir.empty() ? "." : dir) + "/" + prog);
+    for (const std::string& dir : split(path.empty() ? "/usr/local/bin:/usr/bin:/bin" : path, ':'))
+      p.candidates.push_back((dir.empty() ? "." : dir) + "/" + prog);
   }
-  std::vector<char*> argv, envp, paths;
-  for (const std::string& a : req.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  for (const std::string& e : req.env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-  for (const std::string& c : candidates) paths.push_back(const_cast<char*>(c.c_str()));
-  cpu_set_t mask;
-  CPU_ZERO(&mask);
-  for (int c : req.cpus)
-    if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &mask);
-  const bool bind = !req.cpus.empty();
-
-  int out_pipe[2], err_pipe[2], exec_pipe[2];
-  if (pipe2(out_pipe, O_CLOEXEC) != 0) {
-    res.error = "pipe: " + errno_text(errno);
-    return res;
-  }
-  if (pipe2(err_pipe, O_CLOEXEC) != 0) {
-    res.error = "pipe: " + errno_text(errno);
-    close(out_pipe[0]);
-    close(out_pipe[1]);
-    return res;
-  }
-  if (pipe2(exec_pipe, O_CLOEXEC) != 0) {
-    res.error = "pipe: " + errno_text(errno);
-    for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) close(fd);
-    return res;
-  }
-  int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  const pid_t parent = getpid();
-
-  pid_t pid = fork();
-  if (pid == 0) {
-    // Child. Own session and process group, so the launcher can signal the worker with everything
-    // it starts, and terminal signals reach it only through the launcher.
-    setsid();
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(128 + SIGKILL);  // the launcher died before prctl took effect
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);  // undo the launcher's SIG_IGN (SIGPIPE)
-    if (bind) sched_setaffinity(0, sizeof mask, &mask);
-    if (devnull >= 0) dup2(devnull, 0);
-    dup2(out_pipe[1], 1);
-    dup2(err_pipe[1], 2);
-    int err = ENOENT;
-    for (char* path : paths) {
-      execve(path, argv.data(), envp.data());
-      if (errno == EACCES || errno == ENOEXEC) err = errno;       // remember, keep searching
-      else if (errno != ENOENT && errno != ENOTDIR) { err = errno; break; }
+  for (const auto& kv : env) p.env.push_back(kv.first + "=" + kv.second);
+  p.argv = c_strings(argv);
+  p.envp = c_strings(p.env);
+  p.paths = c_strings(p.candidates);
+  CPU_ZERO(&p.mask);
+  for (int c : cpus)
+    if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &p.mask);
+  p.bind = !cpus.empty();
+  for (int i = 0; i < 3; ++i)
+    if (pipe2(p.pipes[i], O_CLOEXEC) != 0) {
+      res.error = "pipe: " + errno_text(errno);
+      for (int j = 0; j < i; ++j) close(p.pipes[j][0]), close(p.pipes[j][1]);
+      return res;
     }
-    write_all_raw(exec_pipe[1], &err, sizeof err);
-    _exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
-  }
-  if (devnull >= 0) close(devnull);
-  close(out_pipe[1]);
-  close(err_pipe[1]);
-  close(exec_pipe[1]);
+  p.devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  p.parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) exec_child(p);
+  if (p.devnull >= 0) close(p.devnull);
+  for (auto& fds : p.pipes) close(fds[1]);
   if (pid < 0) {
     res.error = "fork: " + errno_text(errno);
-    close(out_pipe[0]);
-    close(err_pipe[0]);
-    close(exec_pipe[0]);
+    for (auto& fds : p.pipes) close(fds[0]);
     return res;
   }
   // Blocks only until the child's exec succeeds (close-on-exec gives EOF) or fails (errno arrives).
   int child_errno = 0;
   ssize_t n;
   do {
-    n = read(exec_pipe[0], &child_errno, sizeof child_errno);
+    n = read(p.pipes[2][0], &child_errno, sizeof child_errno);
   } while (n < 0 && errno == EINTR);
-  close(exec_pipe[0]);
+  close(p.pipes[2][0]);
   res.pid = pid;
   res.exec_errno = n == static_cast<ssize_t>(sizeof child_errno) ? child_errno : 0;
-  res.out_fd = out_pipe[0];
-  res.err_fd = err_pipe[0];
+  res.out_fd = p.pipes[0][0];
+  res.err_fd = p.pipes[1][0];
   set_nonblocking(res.out_fd);
   set_nonblocking(res.err_fd);
   return res;
 }
 
-void signal_group(pid_t pgid, int sig) {
-  if (pgid > 1) kill(-pgid, sig);
-}
-
-std::vector<pid_t> list_children(const std::set<pid_t>& keep) {
-  std::vector<pid_t> out;
-  const pid_t self = getpid();
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    long long pid = 0;
-    if (!parse_int(e->d_name, &pid)) continue;
-    std::string stat;
-    if (!read_text_file("/proc/" + std::string(e->d_name) + "/stat", &stat)) continue;
-    // "pid (comm) state ppid ...": comm may contain spaces and parentheses, so parse after the last ')'.
-    size_t rp = stat.rfind(')');
-    if (rp == std::string::npos) continue;
-    std::vector<std::string> fields = split(trim(stat.substr(rp + 1)), ' ');
-    long long ppid = 0;
-    if (fields.size() < 2 || !parse_int(fields[1], &ppid)) continue;
-    if (ppid == self && !keep.count(static_cast<pid_t>(pid))) out.push_back(static_cast<pid_t>(pid));
+bool Teardown::start(const std::string& temp_dir) {
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  temp_dir_ = temp_dir;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return false;
+  const pid_t pid = fork();
+  if (pid == 0) guardian_main(fds[0], temp_dir);  // the write end closes with the other fds there
+  close(fds[0]);
+  if (pid < 0) {
+    close(fds[1]);
+    return false;
   }
-  closedir(d);
-  return out;
+  guardian_ = pid;
+  guardian_fd_ = fds[1];
+  return true;
 }
 
-void become_subreaper() { prctl(PR_SET_CHILD_SUBREAPER, 1); }
+void Teardown::tell_guardian(const std::string& line) {
+  if (guardian_fd_ >= 0) write_all(guardian_fd_, line.data(), line.size());
+}
 
-void sweep_children(const std::set<pid_t>& keep, double max_seconds) {
+void Teardown::watch(pid_t pgid) {
+  groups_.insert(pgid);
+  tell_guardian("+" + std::to_string(pgid) + "\n");
+}
+
+void Teardown::exited(pid_t pgid) {
+  signal_group(pgid, SIGKILL);
+  groups_.erase(pgid);
+  tell_guardian("-" + std::to_string(pgid) + "\n");
+}
+
+void Teardown::signal_all(int sig) {
+  for (pid_t g : groups_) signal_group(g, sig);
+}
+
+void Teardown::sweep(double max_seconds) {
   const double deadline = mono_now() + max_seconds;
-  for (;;) {
-    std::vector<pid_t> kids = list_children(keep);
-    if (kids.empty()) return;
+  // Killing one child may orphan its own children to us, hence the loop.
+  for (std::vector<pid_t> kids; !(kids = list_children(guardian_)).empty();) {
     for (pid_t p : kids) {
       kill(p, SIGKILL);
-      pid_t pg = getpgid(p);
-      if (pg == p) signal_group(p, SIGKILL);  // a group leader: take its group with it
+      if (getpgid(p) == p) signal_group(p, SIGKILL);  // a group leader: take its group with it
     }
-    for (pid_t p : kids) {
+    for (pid_t p : kids)
       while (waitpid(p, nullptr, WNOHANG) == 0 && mono_now() < deadline) usleep(2000);
-    }
     if (mono_now() >= deadline) return;
   }
 }
 
-bool Guardian::start(const std::string& temp_dir) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return false;
-  pid_t pid = fork();
-  if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    return false;
-  }
-  if (pid == 0) {
-    // The guardian: survives the launcher (no parent-death signal), ignores terminal signals.
-    setpgid(0, 0);
-    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGTSTP, SIGTTIN, SIGTTOU})
-      signal(s, SIG_IGN);
-    close(fds[1]);  // otherwise the guardian would keep its own pipe open and never see EOF
-    int devnull = open("/dev/null", O_RDWR);
-    for (int fd = 0; fd < 1024; ++fd)  // e.g. the console pipe a caller waits on for EOF
-      if (fd != fds[0] && fd != devnull) close(fd);
-    if (devnull >= 0) {
-      dup2(devnull, 0);
-      dup2(devnull, 1);
-      dup2(devnull, 2);
-    }
-    std::set<pid_t> groups;
-    std::string buf;
-    char chunk[512];
-    bool clean = false;
-    for (;;) {
-      ssize_t n = read(fds[0], chunk, sizeof chunk);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      buf.append(chunk, static_cast<size_t>(n));
-      size_t nl;
-      while ((nl = buf.find('\n')) != std::string::npos) {
-        std::string line = buf.substr(0, nl);
-        buf.erase(0, nl + 1);
-        long long v = 0;
-        if (line == "q") clean = true;
-        else if (line.size() > 1 && parse_int(line.substr(1), &v) && v > 1) {
-          if (line[0] == '+') groups.insert(static_cast<pid_t>(v));
-          else groups.erase(static_cast<pid_t>(v));
-        }
-      }
-      if (clean) break;
-    }
-    if (!clean) {
-      for (pid_t g : groups) kill(-g, SIGKILL);
-      if (!temp_dir.empty()) remove_tree(temp_dir);
-    }
-    _exit(0);
-  }
-  close(fds[0]);
-  pid_ = pid;
-  fd_ = fds[1];
-  return true;
-}
-
-void Guardian::send(const std::string& line) {
-  if (fd_ >= 0) write_all_raw(fd_, line.data(), line.size());
-}
-
-void Guardian::watch(pid_t pgid) { send("+" + std::to_string(pgid) + "\n"); }
-void Guardian::forget(pid_t pgid) { send("-" + std::to_string(pgid) + "\n"); }
-
-void Guardian::quit() {
-  send("q\n");
-  if (fd_ >= 0) close(fd_);
-  fd_ = -1;
-  if (pid_ > 0) {
-    const double deadline = mono_now() + 2;
-    while (waitpid(pid_, nullptr, WNOHANG) == 0 && mono_now() < deadline) usleep(1000);
-  }
-  pid_ = -1;
+void Teardown::finish() {
+  signal_all(SIGKILL);
+  sweep(2.0);
+  tell_guardian("q\n");
+  if (guardian_fd_ >= 0) close(guardian_fd_);
+  guardian_fd_ = -1;
+  const double deadline = mono_now() + 2;
+  while (guardian_ > 0 && waitpid(guardian_, nullptr, WNOHANG) == 0 && mono_now() < deadline) usleep(1000);
+  guardian_ = -1;
+  if (!temp_dir_.empty()) remove_tree(temp_dir_);
 }
 
 }  // namespace dl

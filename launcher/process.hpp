@@ -1,22 +1,17 @@
-// Process control: spawning a worker in its own session with a parent-death signal and CPU
-// affinity, signalling process groups, sweeping leftover descendants, and the guardian process
-// that kills every worker group if the launcher itself is SIGKILLed.
+// Worker processes, started and stopped in one place. spawn_worker starts one: its own session and
+// process group, a parent-death signal, its CPU affinity and its stdout/stderr pipes, all set between
+// fork and exec. Teardown stops them: the agent's round states (agent.hpp) decide when; this decides
+// how: a signal to every live worker's process group, SIGKILL for what is left of a group whose
+// leader exited, a sweep of descendants that left their group (re-parented to the launcher, a child
+// subreaper), and at exit the last resort for everything. A guardian process forked at start-up does
+// the same if the launcher dies without getting there (SIGKILL, crash).
 #pragma once
 
 #include <sys/types.h>
 
-#include <set>
-#include <string>
-#include <vector>
+#include "util.hpp"
 
 namespace dl {
-
-struct SpawnRequest {
-  std::vector<std::string> argv;  // argv[0] is searched in PATH unless it contains '/'
-  std::vector<std::string> env;   // "KEY=VALUE"
-  std::set<int> cpus;             // empty: leave affinity alone
-  std::string path_env;           // PATH used for the search
-};
 
 struct SpawnResult {
   pid_t pid = -1;         // -1: fork failed (see error)
@@ -26,37 +21,29 @@ struct SpawnResult {
   std::string error;
 };
 
-// Must be called from the thread that lives as long as the workers (PR_SET_PDEATHSIG follows the
-// thread that forked).
-SpawnResult spawn_worker(const SpawnRequest& req);
+// Starts argv (argv[0] searched in env's PATH unless it contains '/') with env, bound to cpus (empty:
+// leave affinity alone). Must be called from the thread that lives as long as the workers
+// (PR_SET_PDEATHSIG follows the thread that forked).
+SpawnResult spawn_worker(const std::vector<std::string>& argv, const EnvMap& env, const std::set<int>& cpus);
 
-// kill(-pgid, sig), ignoring a group that is already gone.
-void signal_group(pid_t pgid, int sig);
-
-// Direct children of this process other than `keep` (orphans re-parented to us as subreaper).
-std::vector<pid_t> list_children(const std::set<pid_t>& keep);
-
-// Makes this process the reaper of orphaned descendants (so escaped grandchildren can be swept).
-void become_subreaper();
-
-// Kill and reap every direct child except `keep`, repeatedly (killing one may orphan others to us).
-void sweep_children(const std::set<pid_t>& keep, double max_seconds);
-
-// A small forked helper. It holds the read end of a pipe; the launcher tells it which process groups
-// exist. When the pipe reaches EOF without a clean "quit" (the launcher died, even by SIGKILL), it
-// SIGKILLs every group it knows and removes the launcher's temporary directory.
-class Guardian {
+class Teardown {
  public:
+  // Makes the launcher a subreaper and forks the guardian, which removes temp_dir if the launcher
+  // dies. Call before any thread exists.
   bool start(const std::string& temp_dir);
-  void watch(pid_t pgid);
-  void forget(pid_t pgid);
-  void quit();  // clean exit: the launcher has cleaned up itself
-  pid_t pid() const { return pid_; }
+  void watch(pid_t pgid);      // a worker's process group exists
+  void exited(pid_t pgid);     // its leader exited: whatever it left in the group goes with it
+  void signal_all(int sig);    // to every live worker's process group
+  void sweep(double seconds);  // SIGKILL and reap every child but the guardian, repeatedly
+  // At exit: SIGKILL every group, sweep, stop the guardian, remove the temporary directory.
+  void finish();
 
  private:
-  void send(const std::string& line);
-  pid_t pid_ = -1;
-  int fd_ = -1;
+  void tell_guardian(const std::string& line);
+  std::set<pid_t> groups_;
+  std::string temp_dir_;
+  pid_t guardian_ = -1;
+  int guardian_fd_ = -1;
 };
 
 }  // namespace dl

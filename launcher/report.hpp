@@ -1,23 +1,31 @@
-// What happened to each rank (its "fate"), the root cause of a failed run, the failure report
-// printed on every node, and the JSON summary written to the log directory.
+// What happened to each rank (its fate), the root cause of a failed run, the failure report printed
+// on every node, and the JSON summary written to the log directory.
 #pragma once
 
 #include <sys/types.h>
 
-#include <string>
-#include <vector>
-
-#include "control.hpp"
+#include "args.hpp"
+#include "plane.hpp"
 
 namespace dl {
 
+enum class RankState {
+  NotStarted,
+  Running,
+  Succeeded,
+  Failed,      // exited non-zero or died on its own
+  Terminated,  // stopped by the launcher
+  Lost,        // its node disappeared
+};
+
 struct Fate {
+  Fate() = default;
+  Fate(int rank_, int local_rank_, int node_, int round_, std::string host_, RankState state_ = RankState::NotStarted)
+      : rank(rank_), local_rank(local_rank_), node(node_), round(round_), host(std::move(host_)), state(state_) {}
   int rank = -1, local_rank = -1, node = -1, round = 0;
   std::string host;
   pid_t pid = -1;
-  // "succeeded", "failed" (exited non-zero or died on its own), "terminated" (stopped by the
-  // launcher), "lost" (its node disappeared), "not_started"
-  std::string state = "not_started";
+  RankState state = RankState::NotStarted;
   int exit_code = -1;  // when it exited normally
   int signal = 0;      // when a signal killed it
   double t_exit = 0;   // wall clock, seconds
@@ -32,30 +40,36 @@ struct Fate {
   std::string json() const;
 };
 
+enum class CauseKind { Worker, Signal, Lost, Rendezvous, Unknown, ReportedByNode0 };
+
 struct RootCause {
-  std::string kind;  // "worker", "signal", "lost", "rendezvous"
-  double t = 0;
+  RootCause() = default;
+  RootCause(CauseKind kind_, int code_, std::string what_, int node_ = -1, double t_ = 0)
+      : kind(kind_), t(t_), code(code_), node(node_), what(std::move(what_)) {}
+  CauseKind kind = CauseKind::Unknown;
+  double t = 0;      // wall clock: the earliest candidate is the root cause
   int code = 1;
   int node = -1;
   std::string what;  // one-line description
-  Fate fate;         // for kind == "worker"
+  Fate fate;         // for CauseKind::Worker
 };
 
 // Multi-line report of a failed run (printed by every node, each line prefixed by the caller).
 std::string format_report(const RootCause& root, const std::vector<Fate>& fates, int code);
 
-struct Summary {
-  std::string run_id;
-  int exit_code = 0;
-  int nnodes = 1, node_rank = 0, world_size = 0, rounds = 1, max_restarts = 0;
-  bool has_root = false;
-  RootCause root;
+// The run as one node saw it: node 0's coordinator (every rank) or another node's agent (its own).
+struct RunLog {
+  int round = -1;  // the latest round (0 first)
+  int world_size = 0;
   std::vector<std::string> restarts;  // one line per restarted round
-  std::vector<Fate> fates;            // final round
+  std::vector<Fate> fates;            // the latest round's
 };
-std::string summary_json(const Summary& s);
 
-// The "message" of a torchelastic error file ({"message": {"message": "...", ...}} or a string).
-std::string error_file_message(const std::string& json_text);
+// DIR/summary.json on node 0, DIR/summary-node<n>.json elsewhere; a warning when it cannot be written.
+void write_summary(const std::string& dir, const Options& opt, int code, const RootCause* root, const RunLog& log);
+
+// The "message" of a torchelastic error file ({"message": {"message": "...", ...}} or a string); ""
+// when there is none or the file cannot be read.
+std::string error_file_message(const std::string& path);
 
 }  // namespace dl

@@ -1,6 +1,8 @@
-// Small helpers shared by the launcher's parts: clocks, strings, numbers, files, CPU lists, JSON text.
+// Small helpers shared by the launcher's parts: clocks, strings, numbers, files, JSON text, signals,
+// and the interface of every part of the poll loop.
 #pragma once
 
+#include <poll.h>
 #include <map>
 #include <set>
 #include <string>
@@ -8,14 +10,13 @@
 
 namespace dl {
 
-using EnvMap = std::map<std::string, std::string>;
+using EnvMap = std::map<std::string, std::string>;  // the environment, taken once at start-up
 
 // Seconds on the monotonic clock (for deadlines) and on the wall clock (for reports across nodes).
 double mono_now();
 double wall_now();
+constexpr double kNever = 1e18;  // a deadline that does not come
 
-// The process environment as a map (taken once at start-up; tests pass their own maps).
-EnvMap environ_map();
 std::string env_get(const EnvMap& env, const std::string& key, const std::string& fallback = "");
 bool env_has(const EnvMap& env, const std::string& key);
 
@@ -23,23 +24,36 @@ std::vector<std::string> split(const std::string& s, char sep);
 std::string trim(const std::string& s);
 bool starts_with(const std::string& s, const std::string& prefix);
 std::string to_lower(std::string s);
-
+std::string fmt_num(double v, const char* format = "%g");  // "%g": how durations appear in messages
 // Strict number parsing: the whole string must be the number.
 bool parse_int(const std::string& s, long long* out);
 bool parse_double(const std::string& s, double* out);
 
+// The one write loop: retries on EINTR and short writes; false when the fd refuses (EPIPE, closed).
+bool write_all(int fd, const void* data, size_t len);
 bool read_text_file(const std::string& path, std::string* out);
-bool write_file_atomic(const std::string& path, const std::string& text);
-bool make_dirs(const std::string& path);      // mkdir -p
-void remove_tree(const std::string& path);    // rm -rf of one directory we created
+bool make_dirs(const std::string& path);    // mkdir -p
 
-// CPU lists in the kernel's format ("0-3,8,10-11").
-bool parse_cpulist(const std::string& s, std::set<int>* out);
-std::string format_cpulist(const std::set<int>& cpus);
-
-std::string json_escape(const std::string& s);   // with the surrounding quotes
-std::string signal_name(int sig);                // "SIGTERM", or "signal 42"
-int signal_from_name(const std::string& name);   // 0 when unknown
+std::string json_escape(const std::string& s);                 // with the surrounding quotes
+std::string json_list(const std::vector<std::string>& items);  // ["a", "b"], items escaped
+std::string signal_name(int sig);                              // "SIGTERM", or "signal 42"
+int signal_from_name(const std::string& name);                 // 0 when unknown
 std::string errno_text(int err);
+inline bool fail(std::string* error, const std::string& msg) {  // for `return fail(error, "...")`
+  *error = msg;
+  return false;
+}
+
+// A part of the launcher's single-threaded event loop (signals, control plane, agent, coordinator).
+// Each turn the loop ticks every part, collects their file descriptors, polls until the earliest
+// deadline and hands each part back the entries it added.
+class Pollable {
+ public:
+  virtual ~Pollable() = default;
+  virtual void add_pollfds(std::vector<pollfd>* /*fds*/) {}
+  virtual void on_poll(const pollfd* /*fds*/, size_t /*n*/) {}
+  virtual void tick(double /*now*/) {}
+  virtual double next_deadline(double /*now*/) const { return kNever; }
+};
 
 }  // namespace dl

@@ -8,6 +8,7 @@ Network traffic stays on 127.0.0.1 / 127.0.0.2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -48,19 +49,43 @@ def launch_bin(tmp_path_factory) -> str:
     if path:
         return path
     build = tmp_path_factory.mktemp("launcher-build")
-    subprocess.run(["cmake", "-S", str(REPO / "launcher"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
-                   check=True, timeout=300, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, timeout=600, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["cmake", "-S", str(REPO / "launcher"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        ["cmake", "--build", str(build), "-j", "2"],
+        check=True,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+    )
     return str(build / "detlite-launch")
 
 
 def base_env(**extra: str) -> dict[str, str]:
     """The test process's environment without anything that would make the launcher think a
     scheduler started it, with workers on this interpreter and gloo on loopback."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "OMPI_", "PMI_", "PMIX_", "PET_", "TORCHELASTIC_", "MPI_LOCAL"))
-           and k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "OMP_NUM_THREADS",
-                         "CUDA_VISIBLE_DEVICES", "DETLITE_SYSFS_ROOT", "DETLITE_ALLOWED_CPUS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("SLURM_", "OMPI_", "PMI_", "PMIX_", "PET_", "TORCHELASTIC_", "MPI_LOCAL")
+        )
+        and k
+        not in (
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "OMP_NUM_THREADS",
+            "CUDA_VISIBLE_DEVICES",
+            "DETLITE_SYSFS_ROOT",
+            "DETLITE_ALLOWED_CPUS",
+        )
+    }
     env["PYTHON_EXEC"] = PY
     env["GLOO_SOCKET_IFNAME"] = "lo"
     env["CUDA_VISIBLE_DEVICES"] = ""
@@ -110,8 +135,10 @@ class Launch:
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"launcher still running after {timeout} s\nstdout:\n{self.out[-3000:]}\n"
-                                 f"stderr:\n{self.err[-3000:]}") from None
+            raise AssertionError(
+                f"launcher still running after {timeout} s\nstdout:\n{self.out[-3000:]}\n"
+                f"stderr:\n{self.err[-3000:]}"
+            ) from None
         if self.ended_at is None:
             self.ended_at = time.time()
         return rc
@@ -136,8 +163,14 @@ def spawn(launch_bin, tmp_path):
         n = len(started)
         out, err = tmp_path / f"launcher{n}.out", tmp_path / f"launcher{n}.err"
         with open(out, "wb") as o, open(err, "wb") as e:
-            proc = subprocess.Popen([launch_bin, *args], env=env or base_env(), stdout=o, stderr=e,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                [launch_bin, *args],
+                env=env or base_env(),
+                stdout=o,
+                stderr=e,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         launch = Launch(proc, out, err)
         started.append(launch)
         return launch
@@ -146,33 +179,55 @@ def spawn(launch_bin, tmp_path):
     for launch in started:
         if launch.proc.poll() is None:
             launch.proc.kill()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 launch.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
     for f in tmp_path.rglob("*.pid"):  # anything a worker recorded and that is still around
         try:
             pid = int(f.read_text().strip())
         except ValueError:
             continue
         if pid_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
-def run_launcher(launch_bin: str, args: list[str], env=None, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([launch_bin, *args], env=env or base_env(), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+def run_launcher(
+    launch_bin: str, args: list[str], env=None, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [launch_bin, *args],
+        env=env or base_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
-def two_nodes(spawn, node_args: list[str], script: list[str], *, nproc: int = 2, port: int | None = None,
-              extra0: list[str] = (), extra1: list[str] = ()) -> tuple[Launch, Launch]:
+def two_nodes(
+    spawn,
+    node_args: list[str],
+    script: list[str],
+    *,
+    nproc: int = 2,
+    port: int | None = None,
+    extra0: list[str] = (),
+    extra1: list[str] = (),
+) -> tuple[Launch, Launch]:
     """Node 0 on 127.0.0.1, node 1 connecting from 127.0.0.2."""
     port = port or free_port()
-    common = ["--nnodes", "2", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-              "--rdzv-endpoint", f"127.0.0.1:{port}", *HB, *node_args]
+    common = [
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        *HB,
+        *node_args,
+    ]
     n0 = spawn([*common, "--node-rank", "0", *extra0, *script])
     n1 = spawn([*common, "--node-rank", "1", "--local-addr", "127.0.0.2", *extra1, *script])
     return n0, n1
@@ -194,23 +249,48 @@ def rank_lines(text: str) -> dict[int, list[str]]:
 def test_help_documents_every_flag(launch_bin):
     r = run_launcher(launch_bin, ["--help"])
     assert r.returncode == 0
-    for flag in ["--nnodes", "--nproc-per-node", "--node-rank", "--master-addr", "--master-port", "--max-restarts",
-                 "--grace-period", "--log-dir", "--tee", "--local-ranks-filter", "--cpu-bind", "--no-python",
-                 "--module", "--rdzv-endpoint", "--rdzv-id", "--rdzv-timeout", "--heartbeat-interval",
-                 "--heartbeat-timeout", "--local-addr", "--standalone", "--dry-run", "--signals-to-handle",
-                 "--expand-hostlist", "124", "125"]:
+    for flag in [
+        "--nnodes",
+        "--nproc-per-node",
+        "--node-rank",
+        "--master-addr",
+        "--master-port",
+        "--max-restarts",
+        "--grace-period",
+        "--log-dir",
+        "--tee",
+        "--local-ranks-filter",
+        "--cpu-bind",
+        "--no-python",
+        "--module",
+        "--rdzv-endpoint",
+        "--rdzv-id",
+        "--rdzv-timeout",
+        "--heartbeat-interval",
+        "--heartbeat-timeout",
+        "--local-addr",
+        "--standalone",
+        "--dry-run",
+        "--signals-to-handle",
+        "--expand-hostlist",
+        "124",
+        "125",
+    ]:
         assert flag in r.stdout, flag
 
 
-@pytest.mark.parametrize("args", [
-    ["--bogus", "x.py"],
-    ["--nnodes", "1:4", "x.py"],
-    ["--nnodes", "2", "--node-rank", "2", "x.py"],
-    ["--nproc-per-node", "zero", "x.py"],
-    ["--cpu-bind", "numa", "x.py"],
-    ["--no-python", "-m", "x"],
-    ["--nproc-per-node", "2"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bogus", "x.py"],
+        ["--nnodes", "1:4", "x.py"],
+        ["--nnodes", "2", "--node-rank", "2", "x.py"],
+        ["--nproc-per-node", "zero", "x.py"],
+        ["--cpu-bind", "numa", "x.py"],
+        ["--no-python", "-m", "x"],
+        ["--nproc-per-node", "2"],
+    ],
+)
 def test_usage_errors_exit_2(launch_bin, args):
     r = run_launcher(launch_bin, args)
     assert r.returncode == 2, r.stderr
@@ -227,23 +307,76 @@ def test_torchrun_spellings_and_pet_env(launch_bin):
     cfg = dry(launch_bin, ["--nproc_per_node=3", "--master_port", "1234", "--max_restarts=2", "-m"])
     assert (cfg["nproc_per_node"], cfg["master_port"], cfg["max_restarts"]) == (3, 1234, 2)
     assert cfg["command"] == [PY, "-u", "-m", "script.py"]
-    cfg = dry(launch_bin, [], env=base_env(PET_NPROC_PER_NODE="4", PET_NNODES="3", PET_NODE_RANK="2"))
+    cfg = dry(
+        launch_bin, [], env=base_env(PET_NPROC_PER_NODE="4", PET_NNODES="3", PET_NODE_RANK="2")
+    )
     assert (cfg["nproc_per_node"], cfg["nnodes"], cfg["node_rank"]) == (4, 3, 2)
     cfg = dry(launch_bin, ["--standalone", "--nproc-per-node", "cpu"])
-    assert cfg["master_port"] == 0 and cfg["nnodes"] == 1 and cfg["nproc_per_node"] == os.cpu_count()
-    cfg = dry(launch_bin, ["--nnodes", "2:2", "--rdzv-endpoint", "10.1.2.3:777", "--rdzv_conf", "join_timeout=42"])
-    assert cfg["nnodes"] == 2 and cfg["rdzv_endpoint"] == "10.1.2.3:777" and cfg["rdzv_timeout"] == 42
+    assert (
+        cfg["master_port"] == 0
+        and cfg["nnodes"] == 1
+        and cfg["nproc_per_node"] == len(os.sched_getaffinity(0))  # the CPUs it may use
+    )
+    cfg = dry(
+        launch_bin,
+        ["--nnodes", "2:2", "--rdzv-endpoint", "10.1.2.3:777", "--rdzv_conf", "join_timeout=42"],
+    )
+    assert (
+        cfg["nnodes"] == 2 and cfg["rdzv_endpoint"] == "10.1.2.3:777" and cfg["rdzv_timeout"] == 42
+    )
 
 
-@pytest.mark.parametrize("hostlist,expected", [
-    ("gpu[01-03,07],cpu5", ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]),
-    ("r[1-2]-n[01-02]", ["r1-n01", "r1-n02", "r2-n01", "r2-n02"]),
-    ("node[8-11]", ["node8", "node9", "node10", "node11"]),
-    ("x[098-101]", ["x098", "x099", "x100", "x101"]),
-    ("a,b[2,4],c", ["a", "b2", "b4", "c"]),
-    ("127.0.0.[1-2]", ["127.0.0.1", "127.0.0.2"]),
-    ("solo", ["solo"]),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rdzv-backend", "etcd"], "--rdzv-backend etcd is not supported"),
+        (["--rdzv-conf", "read_timeout=60"], "--rdzv-conf read_timeout is not supported"),
+        (["--rdzv-conf", "join_timeout"], "--rdzv-conf expects KEY=VALUE"),
+        (["--rdzv-conf", "join_timeout=soon"], "--rdzv-conf join_timeout expects a number"),
+        (["--monitor-interval", "5"], "--monitor-interval is not supported"),
+        (["--redirects", "0:1,1:2", "--log-dir", "logs"], "per-rank --redirects maps are not"),
+        (["--redirects", "3"], "--redirects 3 needs --log-dir"),
+        (["--standalone", "--nnodes", "2"], "--standalone runs a single node"),
+        (["--standalone", "--master-port", "1234"], "--standalone picks a free MASTER_PORT"),
+    ],
+)
+def test_torchrun_flags_without_an_equivalent_are_refused(launch_bin, args, message):
+    """Once accepted and silently ignored; now each is refused with one clear line."""
+    r = run_launcher(launch_bin, [*args, "--dry-run", "x.py"])
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("detlite-launch: error: "), r.stderr
+    assert message in lines[0]
+    r = run_launcher(launch_bin, ["--dry-run", "x.py"], env=base_env(PET_MONITOR_INTERVAL="5"))
+    assert r.returncode == 2 and "--monitor-interval is not supported" in r.stderr
+
+
+def test_torchrun_flags_that_do_what_torchruns_do(launch_bin):
+    for backend in ("static", "c10d", "C10D"):  # both name a fixed-size rendezvous through node 0
+        assert dry(launch_bin, ["--rdzv-backend", backend])["nnodes"] == 1
+    assert dry(launch_bin, ["--rdzv-conf", "timeout=7"])["rdzv_timeout"] == 7
+    cfg = dry(launch_bin, ["--rdzv-conf", "join_timeout=42", "--rdzv-timeout", "9"])
+    assert cfg["rdzv_timeout"] == 9
+    # --run-path runs the script by path with the interpreter, over --no-python and -m
+    assert dry(launch_bin, ["--run-path", "--no-python"])["command"] == [PY, "-u", "script.py"]
+    assert dry(launch_bin, ["--run_path", "-m"])["command"] == [PY, "-u", "script.py"]
+    cfg = dry(launch_bin, ["--standalone", "--nnodes", "1", "--master-port", "0"])
+    assert (cfg["nnodes"], cfg["master_port"]) == (1, 0)
+    assert dry(launch_bin, ["--redirects", "0"])["log_dir"] is None  # nothing to redirect
+
+
+@pytest.mark.parametrize(
+    "hostlist,expected",
+    [
+        ("gpu[01-03,07],cpu5", ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]),
+        ("r[1-2]-n[01-02]", ["r1-n01", "r1-n02", "r2-n01", "r2-n02"]),
+        ("node[8-11]", ["node8", "node9", "node10", "node11"]),
+        ("x[098-101]", ["x098", "x099", "x100", "x101"]),
+        ("a,b[2,4],c", ["a", "b2", "b4", "c"]),
+        ("127.0.0.[1-2]", ["127.0.0.1", "127.0.0.2"]),
+        ("solo", ["solo"]),
+    ],
+)
 def test_hostlist_expansion(launch_bin, hostlist, expected):
     r = run_launcher(launch_bin, ["--expand-hostlist", hostlist])
     assert r.returncode == 0, r.stderr
@@ -256,11 +389,20 @@ def test_hostlist_rejects_bad_syntax(launch_bin, bad):
     assert r.returncode == 2 and r.stdout == ""
 
 
-def slurm_env(node: int, nnodes: int, nodelist: str, job: int = 4242, ntasks: int | None = None, **extra) -> dict:
-    env = dict(SLURM_JOB_ID=str(job), SLURM_STEP_ID="0", SLURM_PROCID=str(node), SLURM_NODEID=str(node),
-               SLURM_STEP_NUM_NODES=str(nnodes), SLURM_NNODES=str(nnodes),
-               SLURM_STEP_NUM_TASKS=str(ntasks if ntasks is not None else nnodes),
-               SLURM_STEP_NODELIST=nodelist, SLURM_JOB_NODELIST=nodelist)
+def slurm_env(
+    node: int, nnodes: int, nodelist: str, job: int = 4242, ntasks: int | None = None, **extra
+) -> dict:
+    env = dict(
+        SLURM_JOB_ID=str(job),
+        SLURM_STEP_ID="0",
+        SLURM_PROCID=str(node),
+        SLURM_NODEID=str(node),
+        SLURM_STEP_NUM_NODES=str(nnodes),
+        SLURM_NNODES=str(nnodes),
+        SLURM_STEP_NUM_TASKS=str(ntasks if ntasks is not None else nnodes),
+        SLURM_STEP_NODELIST=nodelist,
+        SLURM_JOB_NODELIST=nodelist,
+    )
     return base_env(**{**env, **extra})
 
 
@@ -272,7 +414,11 @@ def test_slurm_and_mpi_detection(launch_bin):
     assert cfg["run_id"] == "4242.0" and cfg["master_port"] == 0
     assert cfg["rdzv_endpoint"].startswith("gpu01:")
     # explicit flags win over the scheduler
-    cfg = dry(launch_bin, ["--master-addr", "10.0.0.9", "--master-port", "1111"], env=slurm_env(0, 2, "n[1-2]"))
+    cfg = dry(
+        launch_bin,
+        ["--master-addr", "10.0.0.9", "--master-port", "1111"],
+        env=slurm_env(0, 2, "n[1-2]"),
+    )
     assert (cfg["master_addr"], cfg["master_port"]) == ("10.0.0.9", 1111)
     # a batch script (special step id) is not a launch by srun
     cfg = dry(launch_bin, [], env=slurm_env(0, 2, "n[1-2]", SLURM_STEP_ID="4294967291"))
@@ -281,14 +427,22 @@ def test_slurm_and_mpi_detection(launch_bin):
     r = run_launcher(launch_bin, ["--dry-run", "x.py"], env=slurm_env(0, 2, "n[1-2]", ntasks=8))
     assert r.returncode == 2 and "one task per node" in r.stderr
 
-    ompi = dict(OMPI_COMM_WORLD_SIZE="3", OMPI_COMM_WORLD_RANK="1", OMPI_COMM_WORLD_LOCAL_SIZE="1",
-                OMPI_COMM_WORLD_LOCAL_RANK="0", OMPI_COMM_WORLD_NODE_RANK="1")
+    ompi = dict(
+        OMPI_COMM_WORLD_SIZE="3",
+        OMPI_COMM_WORLD_RANK="1",
+        OMPI_COMM_WORLD_LOCAL_SIZE="1",
+        OMPI_COMM_WORLD_LOCAL_RANK="0",
+        OMPI_COMM_WORLD_NODE_RANK="1",
+    )
     cfg = dry(launch_bin, ["--master-addr", "10.0.0.1"], env=base_env(**ompi))
     assert (cfg["scheduler"], cfg["nnodes"], cfg["node_rank"]) == ("openmpi", 3, 1)
     r = run_launcher(launch_bin, ["--dry-run", "x.py"], env=base_env(**ompi))
     assert r.returncode == 2 and "--master-addr" in r.stderr
-    r = run_launcher(launch_bin, ["--master-addr", "h", "--dry-run", "x.py"],
-                     env=base_env(**{**ompi, "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}))
+    r = run_launcher(
+        launch_bin,
+        ["--master-addr", "h", "--dry-run", "x.py"],
+        env=base_env(**{**ompi, "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}),
+    )
     assert r.returncode == 2
 
 
@@ -296,7 +450,9 @@ def test_slurm_and_mpi_detection(launch_bin):
 # CPU affinity from canned sysfs trees
 
 
-def make_sysfs(root: Path, sockets: int, cores: int, threads: int, gpu_numa: list[int] = ()) -> Path:
+def make_sysfs(
+    root: Path, sockets: int, cores: int, threads: int, gpu_numa: list[int] = ()
+) -> Path:
     """Linux numbering: thread t of core c on socket s is CPU t*S*C + s*C + c."""
     n = sockets * cores * threads
     cpu_dir = root / "devices/system/cpu"
@@ -335,18 +491,24 @@ def make_sysfs(root: Path, sockets: int, cores: int, threads: int, gpu_numa: lis
 
 
 def binding(launch_bin, sysfs: Path, mode: str, nproc: int, allowed: str, **env) -> list[str]:
-    cfg = dry(launch_bin, ["--cpu-bind", mode, "--nproc-per-node", str(nproc)],
-              env=base_env(DETLITE_SYSFS_ROOT=str(sysfs), DETLITE_ALLOWED_CPUS=allowed, **env))
+    cfg = dry(
+        launch_bin,
+        ["--cpu-bind", mode, "--nproc-per-node", str(nproc)],
+        env=base_env(DETLITE_SYSFS_ROOT=str(sysfs), DETLITE_ALLOWED_CPUS=allowed, **env),
+    )
     return [r["cpus"] for r in cfg["local_ranks"]]
 
 
-@pytest.mark.parametrize("mode,expected", [
-    ("none", ["", "", "", ""]),
-    ("socket", ["0-3,8-11", "0-3,8-11", "4-7,12-15", "4-7,12-15"]),
-    ("socket-unique-contiguous", ["0-1,8-9", "2-3,10-11", "4-5,12-13", "6-7,14-15"]),
-    ("socket-unique-interleaved", ["0,2,8,10", "1,3,9,11", "4,6,12,14", "5,7,13,15"]),
-    ("core", ["0,8", "2,10", "4,12", "6,14"]),
-])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("none", ["", "", "", ""]),
+        ("socket", ["0-3,8-11", "0-3,8-11", "4-7,12-15", "4-7,12-15"]),
+        ("socket-unique-contiguous", ["0-1,8-9", "2-3,10-11", "4-5,12-13", "6-7,14-15"]),
+        ("socket-unique-interleaved", ["0,2,8,10", "1,3,9,11", "4,6,12,14", "5,7,13,15"]),
+        ("core", ["0,8", "2,10", "4,12", "6,14"]),
+    ],
+)
 def test_affinity_modes_two_sockets_four_gpus(launch_bin, tmp_path, mode, expected):
     sysfs = make_sysfs(tmp_path / "sys", sockets=2, cores=4, threads=2, gpu_numa=[0, 0, 1, 1])
     assert binding(launch_bin, sysfs, mode, 4, "0-15") == expected
@@ -354,21 +516,40 @@ def test_affinity_modes_two_sockets_four_gpus(launch_bin, tmp_path, mode, expect
 
 def test_affinity_follows_gpu_numa_and_visible_devices(launch_bin, tmp_path):
     sysfs = make_sysfs(tmp_path / "sys", sockets=2, cores=4, threads=2, gpu_numa=[1, 1, 0, 0])
-    assert binding(launch_bin, sysfs, "socket", 4, "0-15", CUDA_VISIBLE_DEVICES="") == \
-        ["0-3,8-11", "0-3,8-11", "4-7,12-15", "4-7,12-15"]  # no visible GPU: spread over sockets
-    del_cvd = binding(launch_bin, sysfs, "socket-unique-contiguous", 2, "0-15", CUDA_VISIBLE_DEVICES="2,3")
+    assert binding(launch_bin, sysfs, "socket", 4, "0-15", CUDA_VISIBLE_DEVICES="") == [
+        "0-3,8-11",
+        "0-3,8-11",
+        "4-7,12-15",
+        "4-7,12-15",
+    ]  # no visible GPU: spread over sockets
+    del_cvd = binding(
+        launch_bin, sysfs, "socket-unique-contiguous", 2, "0-15", CUDA_VISIBLE_DEVICES="2,3"
+    )
     assert del_cvd == ["0-1,8-9", "2-3,10-11"]  # GPUs 2 and 3 sit on node 0
     env = {k: v for k, v in base_env().items() if k != "CUDA_VISIBLE_DEVICES"}
-    cfg = json.loads(subprocess.run(
-        [launch_bin, "--cpu-bind", "socket", "--nproc-per-node", "4", "--dry-run", "x.py"],
-        env={**env, "DETLITE_SYSFS_ROOT": str(sysfs), "DETLITE_ALLOWED_CPUS": "0-15"},
-        capture_output=True, text=True, timeout=30).stdout)
-    assert [r["cpus"] for r in cfg["local_ranks"]] == ["4-7,12-15", "4-7,12-15", "0-3,8-11", "0-3,8-11"]
+    cfg = json.loads(
+        subprocess.run(
+            [launch_bin, "--cpu-bind", "socket", "--nproc-per-node", "4", "--dry-run", "x.py"],
+            env={**env, "DETLITE_SYSFS_ROOT": str(sysfs), "DETLITE_ALLOWED_CPUS": "0-15"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    )
+    assert [r["cpus"] for r in cfg["local_ranks"]] == [
+        "4-7,12-15",
+        "4-7,12-15",
+        "0-3,8-11",
+        "0-3,8-11",
+    ]
     # only the allowed CPUs are handed out; more ranks than cores share cores
-    assert binding(launch_bin, sysfs, "socket-unique-contiguous", 2, "0-3", CUDA_VISIBLE_DEVICES="") == ["0-1", "2-3"]
+    assert binding(
+        launch_bin, sysfs, "socket-unique-contiguous", 2, "0-3", CUDA_VISIBLE_DEVICES=""
+    ) == ["0-1", "2-3"]
     assert binding(launch_bin, sysfs, "core", 3, "0-1", CUDA_VISIBLE_DEVICES="") == ["0", "1", "0"]
-    gpu = dry(launch_bin, ["--nproc-per-node", "gpu"],
-              env={**env, "DETLITE_SYSFS_ROOT": str(sysfs)})
+    gpu = dry(
+        launch_bin, ["--nproc-per-node", "gpu"], env={**env, "DETLITE_SYSFS_ROOT": str(sysfs)}
+    )
     assert gpu["nproc_per_node"] == 4
 
 
@@ -381,15 +562,51 @@ def test_affinity_is_applied_before_exec(spawn, tmp_path):
         (cpu_dir / f"cpu{cpu}/topology/thread_siblings_list").write_text(f"{cpu}\n")
         (root / f"devices/system/node/node{s}").mkdir(parents=True)
         (root / f"devices/system/node/node{s}/cpulist").write_text(f"{cpu}\n")
-    code = "import os;print('AFF', sorted(os.sched_getaffinity(0)), os.environ.get('OMP_NUM_THREADS'))"
+    code = (
+        "import os;print('AFF', sorted(os.sched_getaffinity(0)), os.environ.get('OMP_NUM_THREADS'))"
+    )
     n = len(allowed)
-    launch = spawn(["--nproc-per-node", str(n), "--cpu-bind", "socket", "--no-python", PY, "-c", code],
-                   env=base_env(DETLITE_SYSFS_ROOT=str(root)))
+    launch = spawn(
+        ["--nproc-per-node", str(n), "--cpu-bind", "socket", "--no-python", PY, "-c", code],
+        env=base_env(DETLITE_SYSFS_ROOT=str(root)),
+    )
     assert launch.wait(30) == 0, launch.err
     lines = rank_lines(launch.out)
     for r in range(n):
         expected_omp = "1" if n > 1 else "None"
         assert lines[r] == [f"AFF [{allowed[r]}] {expected_omp}"]
+
+
+def cpu_count_of(cpulist: str) -> int:
+    """The number of CPUs in a kernel CPU list such as "0-1,8"."""
+    count = 0
+    for part in cpulist.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def test_one_cpu_count_for_nproc_omp_and_binding(spawn, launch_bin, tmp_path):
+    """DETLITE_ALLOWED_CPUS is the CPU set everything counts: --nproc-per-node cpu, the bindings,
+    and OMP_NUM_THREADS (the binding's size, else the allowed CPUs per worker)."""
+    code = "import os; print('OMP', os.environ['OMP_NUM_THREADS'])"
+    launch = spawn(
+        ["--nproc-per-node", "2", "--no-python", PY, "-c", code],
+        env=base_env(DETLITE_ALLOWED_CPUS="0-5"),
+    )
+    assert launch.wait(30) == 0, launch.err
+    assert rank_lines(launch.out) == {0: ["OMP 3"], 1: ["OMP 3"]}
+
+    sysfs = make_sysfs(tmp_path / "sys", sockets=2, cores=4, threads=2)
+    env = base_env(DETLITE_SYSFS_ROOT=str(sysfs), DETLITE_ALLOWED_CPUS="0-1,4,8-9")
+    args = ["--nproc-per-node", "cpu", "--cpu-bind", "socket-unique-contiguous"]
+    cfg = dry(launch_bin, args, env=env)
+    assert cfg["nproc_per_node"] == 5
+    sizes = [cpu_count_of(r["cpus"]) for r in cfg["local_ranks"]]
+    assert sizes == [2, 2, 2, 1, 1]
+    launch = spawn([*args, "--no-python", PY, "-c", code], env=env)
+    assert launch.wait(30) == 0, launch.err
+    assert rank_lines(launch.out) == {r: [f"OMP {n}"] for r, n in enumerate(sizes)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,9 +619,23 @@ def test_environment_matches_torchrun(spawn, tmp_path):
     env = base_env()
     dump = tmp_path / "torchrun-env"
     dump.mkdir()
-    torchrun = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-                               script], env={**env, "ENV_DUMP_DIR": str(dump)}, capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
+    torchrun = subprocess.run(
+        [
+            PY,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(port),
+            script,
+        ],
+        env={**env, "ENV_DUMP_DIR": str(dump)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert torchrun.returncode == 0, torchrun.stderr
     # From files: torchrun's workers share its stdout unprefixed, and their lines can interleave.
     theirs = {}
@@ -422,13 +653,24 @@ def test_environment_matches_torchrun(spawn, tmp_path):
     for rank in (0, 1):
         t, o = theirs[rank], ours[rank]
         # the documented differences
-        assert t["TORCHELASTIC_USE_AGENT_STORE"] == "True" and o["TORCHELASTIC_USE_AGENT_STORE"] == "False"
+        assert (
+            t["TORCHELASTIC_USE_AGENT_STORE"] == "True"
+            and o["TORCHELASTIC_USE_AGENT_STORE"] == "False"
+        )
         assert o["TORCHELASTIC_ERROR_FILE"].endswith(f"/attempt_0/rank_{rank}/error.json")
         assert t["OMP_NUM_THREADS"] == "1" and o["OMP_NUM_THREADS"] == cores_per_rank
-        assert o["TORCHELASTIC_SIGNALS_TO_HANDLE"] == "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
-        skip = {"TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE", "OMP_NUM_THREADS",
-                "TORCHELASTIC_SIGNALS_TO_HANDLE"}
-        assert {k: v for k, v in t.items() if k not in skip} == {k: v for k, v in o.items() if k not in skip}
+        assert (
+            o["TORCHELASTIC_SIGNALS_TO_HANDLE"] == "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
+        )
+        skip = {
+            "TORCHELASTIC_USE_AGENT_STORE",
+            "TORCHELASTIC_ERROR_FILE",
+            "OMP_NUM_THREADS",
+            "TORCHELASTIC_SIGNALS_TO_HANDLE",
+        }
+        assert {k: v for k, v in t.items() if k not in skip} == {
+            k: v for k, v in o.items() if k not in skip
+        }
     # the error file directory is temporary and removed afterwards
     assert not Path(ours[0]["TORCHELASTIC_ERROR_FILE"]).parent.exists()
 
@@ -436,7 +678,9 @@ def test_environment_matches_torchrun(spawn, tmp_path):
 def test_two_nodes_gloo_allreduce(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    n0, n1 = two_nodes(spawn, ["--master-port", "0"], [str(WORKERS / "gloo_allreduce.py"), str(pid_dir)])
+    n0, n1 = two_nodes(
+        spawn, ["--master-port", "0"], [str(WORKERS / "gloo_allreduce.py"), str(pid_dir)]
+    )
     assert n1.wait(120) == 0, n1.err
     assert n0.wait(30) == 0, n0.err
     results = {}
@@ -459,8 +703,19 @@ def test_gloo_job_failure_tears_down_both_nodes(spawn, tmp_path):
     pid_dir.mkdir()
     env = base_env(FAIL_RANK="3")
     port = free_port()
-    common = ["--nnodes", "2", "--nproc-per-node", "2", "--master-port", "0", "--grace-period", str(GRACE),
-              "--rdzv-endpoint", f"127.0.0.1:{port}", *HB]
+    common = [
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "0",
+        "--grace-period",
+        str(GRACE),
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        *HB,
+    ]
     script = [str(WORKERS / "gloo_allreduce.py"), str(pid_dir)]
     n0 = spawn([*common, "--node-rank", "0", *script], env=env)
     n1 = spawn([*common, "--node-rank", "1", "--local-addr", "127.0.0.2", *script], env=env)
@@ -478,7 +733,9 @@ def test_port_29500_taken_with_master_port_0(spawn, launch_bin):
             blocker.listen()
         except OSError:
             pass  # somebody else holds it: just as good
-        launch = spawn(["--nproc-per-node", "2", "--master-port", "0", str(WORKERS / "gloo_allreduce.py")])
+        launch = spawn(
+            ["--nproc-per-node", "2", "--master-port", "0", str(WORKERS / "gloo_allreduce.py")]
+        )
         assert launch.wait(120) == 0, launch.err
         lines = rank_lines(launch.out)
         ports = {dict(kv.split("=") for kv in lines[r][-1].split()[1:])["port"] for r in (0, 1)}
@@ -498,10 +755,26 @@ def test_worker_exit_code_propagates_across_nodes(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     log_dir = tmp_path / "logs"
-    n0, n1 = two_nodes(spawn, ["--grace-period", str(GRACE)],
-                       [BEHAVE, "--pid-dir", str(pid_dir), "--fail-rank", "3", "--code", "7", "--delay", "0.5",
-                        "--sleep", "60", "--ready-dir", str(pid_dir)],
-                       extra0=["--log-dir", str(log_dir), "--tee"])
+    n0, n1 = two_nodes(
+        spawn,
+        ["--grace-period", str(GRACE)],
+        [
+            BEHAVE,
+            "--pid-dir",
+            str(pid_dir),
+            "--fail-rank",
+            "3",
+            "--code",
+            "7",
+            "--delay",
+            "0.5",
+            "--sleep",
+            "60",
+            "--ready-dir",
+            str(pid_dir),
+        ],
+        extra0=["--log-dir", str(log_dir), "--tee"],
+    )
     wait_for(lambda: len(list(pid_dir.glob("*.ready"))) == 4, 60, "4 workers up")
     assert n0.wait(GRACE + 15) == 7, n0.err
     assert n1.wait(GRACE + 15) == 7, n1.err
@@ -510,7 +783,10 @@ def test_worker_exit_code_propagates_across_nodes(spawn, tmp_path):
     rank3 = pids_in(pid_dir)["3"]
     for text in (n0.err, n1.err):
         assert "root cause: rank 3" in text or "rank 3 on node 1" in text
-    assert f"rank 3 (local rank 1, node 1, host {socket.gethostname()}, pid {rank3}) exited with code 7" in n1.err
+    assert (
+        f"rank 3 (local rank 1, node 1, host {socket.gethostname()}, pid {rank3}) "
+        "exited with code 7" in n1.err
+    )
     assert "rank 3 failing with 7" in n1.err  # the tail of its output
     wait_for(lambda: not any(pid_alive(p) for p in pids_in(pid_dir).values()), 3, "no worker left")
     summary = json.loads((log_dir / "summary.json").read_text())
@@ -520,8 +796,22 @@ def test_worker_exit_code_propagates_across_nodes(spawn, tmp_path):
 
 
 def test_error_file_message_in_report(spawn, tmp_path):
-    launch = spawn(["--nproc-per-node", "2", "--grace-period", str(GRACE), BEHAVE, "--fail-rank", "1", "--code",
-                    "3", "--error-file", "--sleep", "30"])
+    launch = spawn(
+        [
+            "--nproc-per-node",
+            "2",
+            "--grace-period",
+            str(GRACE),
+            BEHAVE,
+            "--fail-rank",
+            "1",
+            "--code",
+            "3",
+            "--error-file",
+            "--sleep",
+            "30",
+        ]
+    )
     assert launch.wait(20) == 3
     assert "error: ValueError: bad batch" in launch.err
 
@@ -530,9 +820,26 @@ def test_sigterm_forwarded_then_sigkill(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     log_dir = tmp_path / "logs"
-    launch = spawn(["--nproc-per-node", "2", "--grace-period", str(GRACE), "--log-dir", str(log_dir), "--tee",
-                    BEHAVE, "--pid-dir", str(pid_dir), "--ready-dir", str(pid_dir), "--ignore", "SIGTERM",
-                    "--sleep", "60"])
+    launch = spawn(
+        [
+            "--nproc-per-node",
+            "2",
+            "--grace-period",
+            str(GRACE),
+            "--log-dir",
+            str(log_dir),
+            "--tee",
+            BEHAVE,
+            "--pid-dir",
+            str(pid_dir),
+            "--ready-dir",
+            str(pid_dir),
+            "--ignore",
+            "SIGTERM",
+            "--sleep",
+            "60",
+        ]
+    )
     wait_for(lambda: len(list(pid_dir.glob("*.ready"))) == 2, 30, "workers up")
     sent = time.time()
     launch.signal(signal.SIGTERM)
@@ -549,8 +856,23 @@ def test_sigterm_forwarded_then_sigkill(spawn, tmp_path):
 def test_second_ctrl_c_kills_at_once(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    launch = spawn(["--nproc-per-node", "2", "--grace-period", "60", BEHAVE, "--ready-dir", str(pid_dir),
-                    "--pid-dir", str(pid_dir), "--ignore", "SIGINT", "--sleep", "60"])
+    launch = spawn(
+        [
+            "--nproc-per-node",
+            "2",
+            "--grace-period",
+            "60",
+            BEHAVE,
+            "--ready-dir",
+            str(pid_dir),
+            "--pid-dir",
+            str(pid_dir),
+            "--ignore",
+            "SIGINT",
+            "--sleep",
+            "60",
+        ]
+    )
     wait_for(lambda: len(list(pid_dir.glob("*.ready"))) == 2, 30, "workers up")
     launch.signal(signal.SIGINT)
     wait_for(lambda: launch.out.count("got SIGINT") == 2, 10, "SIGINT forwarded")
@@ -562,13 +884,33 @@ def test_second_ctrl_c_kills_at_once(spawn, tmp_path):
     assert not any(pid_alive(p) for p in pids_in(pid_dir).values())
 
 
-@pytest.mark.parametrize("sig,expected", [("SIGUSR1", 0), ("SIGUSR2", 0), ("SIGHUP", 128 + signal.SIGHUP),
-                                          ("SIGQUIT", 128 + signal.SIGQUIT)])
+@pytest.mark.parametrize(
+    "sig,expected",
+    [
+        ("SIGUSR1", 0),
+        ("SIGUSR2", 0),
+        ("SIGHUP", 128 + signal.SIGHUP),
+        ("SIGQUIT", 128 + signal.SIGQUIT),
+    ],
+)
 def test_signals_forwarded(spawn, tmp_path, sig, expected):
     ready = tmp_path / "ready"
     ready.mkdir()
-    launch = spawn(["--nproc-per-node", "2", "--grace-period", "5", BEHAVE, "--ready-dir", str(ready),
-                    "--exit-on", sig, "--sleep", "60"])
+    launch = spawn(
+        [
+            "--nproc-per-node",
+            "2",
+            "--grace-period",
+            "5",
+            BEHAVE,
+            "--ready-dir",
+            str(ready),
+            "--exit-on",
+            sig,
+            "--sleep",
+            "60",
+        ]
+    )
     wait_for(lambda: len(list(ready.glob("*.ready"))) == 2, 30, "workers up")
     launch.signal(getattr(signal, sig))
     assert launch.wait(10) == expected, launch.err
@@ -578,38 +920,54 @@ def test_signals_forwarded(spawn, tmp_path, sig, expected):
 def test_signal_to_one_node_stops_every_node(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    n0, n1 = two_nodes(spawn, ["--grace-period", str(GRACE)],
-                       [BEHAVE, "--pid-dir", str(pid_dir), "--ready-dir", str(pid_dir), "--sleep", "60"])
+    n0, n1 = two_nodes(
+        spawn,
+        ["--grace-period", str(GRACE)],
+        [BEHAVE, "--pid-dir", str(pid_dir), "--ready-dir", str(pid_dir), "--sleep", "60"],
+    )
     wait_for(lambda: len(list(pid_dir.glob("*.ready"))) == 4, 60, "4 workers up")
     n1.signal(signal.SIGINT)
     assert n1.wait(GRACE + 5) == 128 + signal.SIGINT, n1.err
     assert n0.wait(GRACE + 5) == 128 + signal.SIGINT, n0.err
     assert "node 1" in n0.err and "SIGINT" in n0.err
-    wait_for(lambda: not any(pid_alive(p) for p in pids_in(pid_dir).values()), 3, "every worker gone")
+    wait_for(
+        lambda: not any(pid_alive(p) for p in pids_in(pid_dir).values()), 3, "every worker gone"
+    )
 
 
 def test_kill_9_of_a_launcher_takes_its_workers_and_aborts_the_other_node(spawn, tmp_path):
     for victim in (1, 0):
-        pid_dir = tmp_path / f"pids{victim}"
-        pid_dir.mkdir()
-        nodes = two_nodes(spawn, ["--grace-period", str(GRACE)],
-                          [BEHAVE, "--pid-dir", str(pid_dir), "--ready-dir", str(pid_dir), "--sleep", "60"])
-        wait_for(lambda: len(list(pid_dir.glob("*.ready"))) == 4, 60, "4 workers up")
-        killed_at = time.time()
-        nodes[victim].proc.kill()
-        nodes[victim].wait(5)
-        survivor = nodes[1 - victim]
-        assert survivor.wait(10) == 125, survivor.err
-        assert survivor.ended_at - killed_at < 2 + GRACE  # within the heartbeat timeout (2 s)
-        assert "lost" in survivor.err
-        wait_for(lambda: not any(pid_alive(p) for p in pids_in(pid_dir).values()), 3, "every worker gone")
+        _kill_one_of_two_nodes(spawn, tmp_path / f"pids{victim}", victim)
+
+
+def _kill_one_of_two_nodes(spawn, pid_dir, victim):
+    pid_dir.mkdir()
+    nodes = two_nodes(
+        spawn,
+        ["--grace-period", str(GRACE)],
+        [BEHAVE, "--pid-dir", str(pid_dir), "--ready-dir", str(pid_dir), "--sleep", "60"],
+    )
+    wait_for(lambda: len(list(pid_dir.glob("*.ready"))) == 4, 60, "4 workers up")
+    killed_at = time.time()
+    nodes[victim].proc.kill()
+    nodes[victim].wait(5)
+    survivor = nodes[1 - victim]
+    assert survivor.wait(10) == 125, survivor.err
+    assert survivor.ended_at - killed_at < 2 + GRACE  # within the heartbeat timeout (2 s)
+    assert "lost" in survivor.err
+    wait_for(
+        lambda: not any(pid_alive(p) for p in pids_in(pid_dir).values()), 3, "every worker gone"
+    )
 
 
 def test_heartbeat_timeout_when_a_launcher_hangs(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    n0, n1 = two_nodes(spawn, ["--grace-period", str(GRACE)],
-                       [BEHAVE, "--pid-dir", str(pid_dir), "--ready-dir", str(pid_dir), "--sleep", "60"])
+    n0, n1 = two_nodes(
+        spawn,
+        ["--grace-period", str(GRACE)],
+        [BEHAVE, "--pid-dir", str(pid_dir), "--ready-dir", str(pid_dir), "--sleep", "60"],
+    )
     wait_for(lambda: len(list(pid_dir.glob("*.ready"))) == 4, 60, "4 workers up")
     n1.signal(signal.SIGSTOP)
     try:
@@ -620,24 +978,53 @@ def test_heartbeat_timeout_when_a_launcher_hangs(spawn, tmp_path):
     finally:
         n1.signal(signal.SIGCONT)
     assert n1.wait(10) == 125, n1.err
-    wait_for(lambda: not any(pid_alive(p) for p in pids_in(pid_dir).values()), 3, "every worker gone")
+    wait_for(
+        lambda: not any(pid_alive(p) for p in pids_in(pid_dir).values()), 3, "every worker gone"
+    )
 
 
 def test_grandchildren_are_reaped(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    launch = spawn(["--nproc-per-node", "2", BEHAVE, "--pid-dir", str(pid_dir), "--grandchildren", "--sleep", "0.2"])
+    launch = spawn(
+        [
+            "--nproc-per-node",
+            "2",
+            BEHAVE,
+            "--pid-dir",
+            str(pid_dir),
+            "--grandchildren",
+            "--sleep",
+            "0.2",
+        ]
+    )
     assert launch.wait(30) == 0, launch.err
     pids = pids_in(pid_dir)
     assert {"0.child", "1.child", "0.daemon", "1.daemon"} <= set(pids)
-    wait_for(lambda: not any(pid_alive(p) for p in pids.values()), 3, "children and detached daemons gone")
+    wait_for(
+        lambda: not any(pid_alive(p) for p in pids.values()),
+        3,
+        "children and detached daemons gone",
+    )
 
 
 def test_no_orphans_when_the_launcher_is_sigkilled(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    launch = spawn(["--nproc-per-node", "2", BEHAVE, "--pid-dir", str(pid_dir), "--ready-dir", str(pid_dir),
-                    "--grandchildren", "--sleep", "60"])
+    launch = spawn(
+        [
+            "--nproc-per-node",
+            "2",
+            BEHAVE,
+            "--pid-dir",
+            str(pid_dir),
+            "--ready-dir",
+            str(pid_dir),
+            "--grandchildren",
+            "--sleep",
+            "60",
+        ]
+    )
     wait_for(lambda: len(list(pid_dir.glob("*.ready"))) == 2, 30, "workers up")
     launch.proc.kill()
     launch.wait(5)
@@ -646,8 +1033,12 @@ def test_no_orphans_when_the_launcher_is_sigkilled(spawn, tmp_path):
     # that left the session are out of reach once the launcher is gone (documented)
     mine = {k: v for k, v in pids.items() if not k.endswith(".daemon")}
     assert {"0", "1", "0.child", "1.child"} <= set(mine)
-    wait_for(lambda: not any(pid_alive(p) for p in mine.values()), 3, "workers and their children gone")
-    temp_dir = Path((pid_dir / "0.errfile").read_text()).parents[2]  # <tmp>/attempt_0/rank_0/error.json
+    wait_for(
+        lambda: not any(pid_alive(p) for p in mine.values()), 3, "workers and their children gone"
+    )
+    temp_dir = Path((pid_dir / "0.errfile").read_text()).parents[
+        2
+    ]  # <tmp>/attempt_0/rank_0/error.json
     assert temp_dir.name.startswith("detlite-launch-")
     wait_for(lambda: not temp_dir.exists(), 3, "the guardian to remove the temporary directory")
 
@@ -656,10 +1047,27 @@ def test_coordinated_restarts(spawn, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     log_dir = tmp_path / "logs"
-    script = [BEHAVE, "--pid-dir", str(pid_dir), "--fail-rank", "2", "--code", "5", "--fail-rounds", "2",
-              "--delay", "0.2", "--sleep", "0.5"]
-    n0, n1 = two_nodes(spawn, ["--grace-period", str(GRACE), "--max-restarts", "2", "--master-port", "0"], script,
-                       extra0=["--log-dir", str(log_dir), "--tee"])
+    script = [
+        BEHAVE,
+        "--pid-dir",
+        str(pid_dir),
+        "--fail-rank",
+        "2",
+        "--code",
+        "5",
+        "--fail-rounds",
+        "2",
+        "--delay",
+        "0.2",
+        "--sleep",
+        "0.5",
+    ]
+    n0, n1 = two_nodes(
+        spawn,
+        ["--grace-period", str(GRACE), "--max-restarts", "2", "--master-port", "0"],
+        script,
+        extra0=["--log-dir", str(log_dir), "--tee"],
+    )
     assert n0.wait(60) == 0, n0.err
     assert n1.wait(10) == 0, n1.err
     seen: dict[int, set[int]] = {}
@@ -677,7 +1085,9 @@ def test_coordinated_restarts(spawn, tmp_path):
     assert summary["rounds"] == 3 and len(summary["restarts"]) == 2 and summary["exit_code"] == 0
 
     # out of restarts: the worker's code
-    n0, n1 = two_nodes(spawn, ["--grace-period", str(GRACE), "--max-restarts", "1", "--master-port", "0"], script)
+    n0, n1 = two_nodes(
+        spawn, ["--grace-period", str(GRACE), "--max-restarts", "1", "--master-port", "0"], script
+    )
     assert n0.wait(60) == 5, n0.err
     assert n1.wait(10) == 5, n1.err
     assert "restart 1/1" in n0.err and "restart 1/1" in n1.err
@@ -685,8 +1095,13 @@ def test_coordinated_restarts(spawn, tmp_path):
 
 def test_output_whole_lines_under_load(launch_bin, tmp_path):
     size = 10 * 1000 * 1000
-    proc = subprocess.Popen([launch_bin, "--nproc-per-node", "4", str(WORKERS / "spew.py"), str(size)],
-                            env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [launch_bin, "--nproc-per-node", "4", str(WORKERS / "spew.py"), str(size)],
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=120)
     finally:
@@ -724,10 +1139,22 @@ def test_log_dir_tee_and_rank_filter(spawn, tmp_path):
     for r in (0, 1):
         assert f"rank {r} of 2 up" in (logs / f"attempt_0/rank_{r}/stdout.log").read_text()
     summary = json.loads((logs / "summary.json").read_text())
-    assert [r["state"] for r in summary["ranks"]] == ["succeeded", "succeeded"] and summary["exit_code"] == 0
+    assert [r["state"] for r in summary["ranks"]] == ["succeeded", "succeeded"] and summary[
+        "exit_code"
+    ] == 0
 
-    filtered = spawn(["--nproc-per-node", "2", "--log-dir", str(tmp_path / "logs2"), "--tee",
-                      "--local-ranks-filter", "1", BEHAVE])
+    filtered = spawn(
+        [
+            "--nproc-per-node",
+            "2",
+            "--log-dir",
+            str(tmp_path / "logs2"),
+            "--tee",
+            "--local-ranks-filter",
+            "1",
+            BEHAVE,
+        ]
+    )
     assert filtered.wait(30) == 0
     assert set(rank_lines(filtered.out)) == {1}
     assert "rank 0 of 2 up" in (tmp_path / "logs2/attempt_0/rank_0/stdout.log").read_text()
@@ -735,6 +1162,61 @@ def test_log_dir_tee_and_rank_filter(spawn, tmp_path):
     console = spawn(["--nproc-per-node", "3", "--local-ranks-filter", "0,2", BEHAVE])
     assert console.wait(30) == 0
     assert set(rank_lines(console.out)) == {0, 2}
+
+
+def test_redirects_choose_the_streams_kept_off_the_console(spawn, tmp_path):
+    code = "import sys; print('to stdout'); print('to stderr', file=sys.stderr)"
+    for redirects, on_out, on_err in (("1", 0, 1), ("2", 1, 0), ("0", 1, 1), ("3", 0, 0)):
+        logs = tmp_path / f"logs{redirects}"
+        args = ["--log-dir", str(logs), "--redirects", redirects, "--no-python", PY, "-c", code]
+        launch = spawn(args)
+        assert launch.wait(30) == 0, launch.err
+        assert ("[rank0]: to stdout" in launch.out) == bool(on_out), redirects
+        assert ("[rank0]: to stderr" in launch.err) == bool(on_err), redirects
+        assert (logs / "attempt_0/rank_0/stdout.log").read_text() == "to stdout\n"
+        assert (logs / "attempt_0/rank_0/stderr.log").read_text() == "to stderr\n"
+    # a teed stream is shown even when it is redirected
+    args = [
+        "--log-dir",
+        str(tmp_path / "logs-t"),
+        "-r",
+        "3",
+        "-t",
+        "2",
+        "--no-python",
+        PY,
+        "-c",
+        code,
+    ]
+    launch = spawn(args)
+    assert launch.wait(30) == 0, launch.err
+    assert "to stdout" not in launch.out and "[rank0]: to stderr" in launch.err
+
+
+def test_no_grace_period_kills_at_once(spawn, tmp_path):
+    logs = tmp_path / "logs"
+    worker = [BEHAVE, "--ignore", "SIGTERM", "--fail-rank", "1", "--code", "4", "--delay", "0.5"]
+    launch = spawn(
+        [
+            "--nproc-per-node",
+            "2",
+            "--grace-period",
+            "0",
+            "--log-dir",
+            str(logs),
+            "--tee",
+            *worker,
+            "--sleep",
+            "60",
+        ]
+    )
+    assert launch.wait(15) == 4, launch.err
+    assert "got SIGTERM" not in launch.out
+    ranks = json.loads((logs / "summary.json").read_text())["ranks"]
+    assert [(r["state"], r["signal"], r["exit_code"]) for r in ranks] == [
+        ("terminated", "SIGKILL", None),
+        ("failed", None, 4),
+    ]
 
 
 def test_command_not_found(launch_bin):
@@ -756,10 +1238,15 @@ def test_slurm_emulation_two_nodes_no_flags(spawn):
             break
         except OSError:
             continue
-    code = ("import os;print('ENV', os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['MASTER_ADDR'], "
-            "os.environ['GROUP_RANK'], os.environ['TORCHELASTIC_RUN_ID'])")
-    launches = [spawn(["--no-python", PY, "-c", code], env=slurm_env(node, 2, "127.0.0.[1-2]", job=job))
-                for node in (1, 0)]
+    code = (
+        "import os;print('ENV', os.environ['RANK'], os.environ['WORLD_SIZE'], "
+        "os.environ['MASTER_ADDR'], "
+        "os.environ['GROUP_RANK'], os.environ['TORCHELASTIC_RUN_ID'])"
+    )
+    launches = [
+        spawn(["--no-python", PY, "-c", code], env=slurm_env(node, 2, "127.0.0.[1-2]", job=job))
+        for node in (1, 0)
+    ]
     for launch in launches:
         assert launch.wait(30) == 0, launch.err
     n1, n0 = launches
@@ -768,10 +1255,32 @@ def test_slurm_emulation_two_nodes_no_flags(spawn):
 
 
 def test_rendezvous_timeout_and_mismatches(spawn):
-    alone0 = spawn(["--nnodes", "2", "--node-rank", "0", "--rdzv-timeout", "1",
-                    "--rdzv-endpoint", f"127.0.0.1:{free_port()}", BEHAVE])
-    alone1 = spawn(["--nnodes", "2", "--node-rank", "1", "--rdzv-timeout", "1",
-                    "--rdzv-endpoint", f"127.0.0.1:{free_port()}", BEHAVE])
+    alone0 = spawn(
+        [
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "0",
+            "--rdzv-timeout",
+            "1",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{free_port()}",
+            BEHAVE,
+        ]
+    )
+    alone1 = spawn(
+        [
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--rdzv-timeout",
+            "1",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{free_port()}",
+            BEHAVE,
+        ]
+    )
     assert alone0.wait(10) == 124 and "did not join" in alone0.err
     assert alone1.wait(10) == 124 and "could not join node 0" in alone1.err
 
@@ -779,14 +1288,20 @@ def test_rendezvous_timeout_and_mismatches(spawn):
     port = free_port()
     common = ["--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}"]
     n0 = spawn([*common, "--node-rank", "0", "--rdzv-id", "job-a", "--rdzv-timeout", "3", BEHAVE])
-    n1 = spawn([*common, "--node-rank", "1", "--rdzv-id", "job-b", "--local-addr", "127.0.0.2", BEHAVE])
+    n1 = spawn(
+        [*common, "--node-rank", "1", "--rdzv-id", "job-b", "--local-addr", "127.0.0.2", BEHAVE]
+    )
     assert n1.wait(10) == 124 and "run id 'job-b' differs" in n1.err
     assert n0.wait(10) == 124
 
     # same run, inconsistent world description: both stop with a clear message
     port = free_port()
-    n0 = spawn(["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", f"127.0.0.1:{port}", BEHAVE])
-    n1 = spawn(["--nnodes", "3", "--node-rank", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", BEHAVE])
+    n0 = spawn(
+        ["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", f"127.0.0.1:{port}", BEHAVE]
+    )
+    n1 = spawn(
+        ["--nnodes", "3", "--node-rank", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", BEHAVE]
+    )
     assert n1.wait(10) == 124 and "--nnodes 3 but node 0 has 2" in n1.err
     assert n0.wait(10) == 124 and "--nnodes 3 but node 0 has 2" in n0.err
 
@@ -797,7 +1312,8 @@ def test_two_nodes_train_detlite(spawn, tmp_path, tiny_coco):
     script = [
         str(REPO / "train.py"), "builtin", "--steps", "2", "--batch-size", "2",
         "--model.image-size", "128", "--data.num-workers", "0", "--log-every", "1", "--skip-eval",
-        "--data.train-json", str(tiny_coco["train_json"]), "--data.train-images", str(tiny_coco["train_images"]),
+        "--data.train-json", str(tiny_coco["train_json"]),
+        "--data.train-images", str(tiny_coco["train_images"]),
         "--output", str(run_dir),
     ]  # fmt: skip
     n0, n1 = two_nodes(spawn, ["--master-port", "0"], script, nproc=1)

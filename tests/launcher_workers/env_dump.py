@@ -1,5 +1,6 @@
 """Prints this worker's environment as one JSON line, and writes it to $ENV_DUMP_DIR/rank<R>.json
 when that is set (torchrun interleaves its workers' stdout, so the test reads files for it)."""
+
 import json
 import os
 from pathlib import Path

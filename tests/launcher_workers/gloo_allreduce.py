@@ -1,4 +1,5 @@
 """init_process_group("gloo") from the launcher's env:// variables, then one all_reduce."""
+
 import os
 import sys
 

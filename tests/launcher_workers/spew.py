@@ -1,5 +1,6 @@
-"""Writes SIZE bytes of numbered lines to stdout and stderr in randomly split writes, so lines arrive
-in pieces; the test checks every line comes out whole and in order."""
+"""Writes SIZE bytes of numbered lines to stdout and stderr in randomly split writes, so lines
+arrive in pieces; the test checks every line comes out whole and in order."""
+
 import os
 import random
 import sys

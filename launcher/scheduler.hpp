@@ -2,9 +2,6 @@
 // so that `srun detlite-launch script.py` needs no flags.
 #pragma once
 
-#include <string>
-#include <vector>
-
 #include "util.hpp"
 
 namespace dl {

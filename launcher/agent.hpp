@@ -1,0 +1,97 @@
+// The per-node agent: starts this node's workers for a round, relays their output, notices the first
+// failure, stops the workers and reports every rank's fate to the coordinator, with messages as its
+// only link to it. Shaped like torchrun's agent: one state value, moved only by these transitions,
+// and one way to stop workers (stop()):
+//
+//   Waiting  -> Running   START: this node's workers are spawned
+//   Running  -> Stopping  a worker failed, ABORT, a terminating signal, the coordinator was lost, or a
+//                         worker could not be spawned: the signal goes to every worker's group
+//   Running  -> Killing   the same with --grace-period 0, SIGKILL at once
+//   Stopping -> Killing   the grace period is over, or a second terminating signal: SIGKILL
+//   Running, Stopping, Killing -> Draining   the last worker exited: escaped descendants are swept
+//                         and the pipes get up to a second to deliver their last bytes
+//   Draining -> Waiting   the fates and DONE go to the coordinator, which answers START or RESULT
+//   Draining -> Finished  the same with the coordinator lost: this node decides its exit code alone
+//   any      -> Finished  RESULT, or finish_now (rendezvous failed, a signal before the start, ...)
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "output.hpp"
+#include "process.hpp"
+#include "report.hpp"
+
+namespace dl {
+
+enum class AgentState { Waiting, Running, Stopping, Killing, Draining, Finished };
+
+class Agent : public Pollable {
+ public:
+  using Send = std::function<void(const Msg&)>;
+  // Worker files go to files_dir/attempt_<k>/rank_<r>/ (the --log-dir, or a temporary directory).
+  Agent(const Options* opt, const EnvMap& env, std::string files_dir, std::string hostname, Console* console,
+        Teardown* teardown, Send to_coordinator);
+  ~Agent() override;
+
+  void handle(const Msg& m);                  // START, ABORT, RESULT from the coordinator
+  void on_signal(int sig);
+  void on_child_exit(pid_t pid, int status);  // ignores pids that are not our workers
+  void coordinator_joined() { link_ = Link::Joined; }
+  void coordinator_lost(const std::string& why);
+  void finish_now(int code, const std::string& why);
+
+  // Worker pipes to poll (none while the console is backed up: back-pressure on the workers).
+  void add_pollfds(std::vector<pollfd>* fds) override;
+  void on_poll(const pollfd* fds, size_t n) override;
+  void tick(double now) override;
+  double next_deadline(double now) const override;
+
+  bool finished() const { return state_ == AgentState::Finished; }
+  int exit_code() const { return exit_code_; }
+
+ private:
+  // Whether messages reach the coordinator: node 0 always; other nodes once node 0 welcomed them,
+  // until the connection is lost.
+  enum class Link { Joining, Joined, Lost };
+  struct Worker;
+
+  bool in_round() const { return state_ != AgentState::Waiting && state_ != AgentState::Finished; }
+  int alive() const;
+  void start_round(const Msg& m);
+  void answer_without_starting(const Msg& m);
+  EnvMap round_env(const Msg& m) const;
+  bool spawn(int local_rank, int rank, const EnvMap& base);
+  void stop(int sig);
+  void kill_now();
+  void emit_line(Worker& w, int i, const std::string& line);
+  void emit_lines(Worker& w, int i);
+  void read_stream(Worker& w, int i);
+  void close_stream(Worker& w, int i);
+  void after_exit();
+  void complete_round();
+  void finish_alone();
+  void finish(int code, const std::string& what);
+
+  const Options& o_;
+  const EnvMap& env_;               // the launcher's environment (inherited by workers)
+  const std::string files_dir_, hostname_;
+  const std::vector<std::string> command_;
+  std::vector<std::set<int>> cpus_;  // per local rank, empty: no binding
+  int cpus_per_rank_;               // without binding: this launcher's CPUs / workers
+  Console* console_;
+  Teardown* teardown_;
+  Send send_;
+  AgentState state_ = AgentState::Waiting;
+  Link link_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  double stop_deadline_ = 0;    // Stopping: when SIGKILL follows
+  double drain_deadline_ = 0;   // Draining: when to stop waiting for pipes
+  int term_signal_ = 0;         // first terminating signal received by the launcher
+  std::string lost_reason_;     // Link::Lost: why, and when (wall clock)
+  double lost_time_ = 0;
+  int exit_code_ = 0;
+  RunLog log_;
+};
+
+}  // namespace dl
