@@ -1,9 +1,8 @@
 #include "affinity.hpp"
 
-#include <dirent.h>
 #include <sched.h>
 #include <algorithm>
-#include <cstdlib>
+#include <numeric>
 
 namespace dl {
 
@@ -34,22 +33,11 @@ struct Topology {
   std::vector<int> gpu_socket;  // NUMA node of each NVIDIA GPU, in PCI address order
 };
 
-std::vector<std::string> list_dir(const std::string& path) {
-  std::vector<std::string> names;
-  DIR* d = opendir(path.c_str());
-  while (dirent* e = d ? readdir(d) : nullptr)
-    if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") names.push_back(e->d_name);
-  if (d) closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 // "cpu12" -> 12 for entries named prefix + digits.
 bool numbered(const std::string& name, const std::string& prefix, int* out) {
   long long v = 0;
-  const std::string rest = name.substr(std::min(name.size(), prefix.size()));
-  if (!starts_with(name, prefix) || rest.find_first_not_of("0123456789") != std::string::npos || !parse_int(rest, &v))
-    return false;
+  const std::string rest = starts_with(name, prefix) ? name.substr(prefix.size()) : "";
+  if (rest.find_first_not_of("0123456789") != std::string::npos || !parse_int(rest, &v)) return false;
   *out = static_cast<int>(v);
   return true;
 }
@@ -58,23 +46,7 @@ bool read_int_file(const std::string& path, long long* out) {  // decimal, or he
   std::string text;
   if (!read_text_file(path, &text)) return false;
   const std::string t = trim(text);
-  if (!starts_with(t, "0x")) return parse_int(t, out);
-  char* end = nullptr;
-  *out = std::strtoll(t.c_str() + 2, &end, 16);
-  return t.size() > 2 && *end == '\0';
-}
-
-std::map<int, int> numa_nodes(const std::string& root) {  // cpu -> NUMA node
-  std::map<int, int> numa_of;
-  std::string text;
-  for (const std::string& name : list_dir(root + "/devices/system/node")) {
-    int node = 0;
-    std::set<int> cpus;
-    if (numbered(name, "node", &node) && read_text_file(root + "/devices/system/node/" + name + "/cpulist", &text) &&
-        parse_cpulist(text, &cpus))
-      for (int c : cpus) numa_of[c] = node;
-  }
-  return numa_of;
+  return starts_with(t, "0x") ? parse_int(t.substr(2), out, 16) : parse_int(t, out);
 }
 
 // Reads <root>/devices/system/{cpu,node} and <root>/bus/pci/devices; false when there are no CPUs.
@@ -83,7 +55,14 @@ bool read_topology(const std::string& root, Topology* topo, std::string* error) 
   std::set<int> online;
   std::string text;
   const bool have_online = read_text_file(cpu_dir + "/online", &text) && parse_cpulist(text, &online);
-  std::map<int, int> numa_of = numa_nodes(root);
+  std::map<int, int> numa_of;  // cpu -> NUMA node
+  for (const std::string& name : list_dir(root + "/devices/system/node")) {
+    int node = 0;
+    std::set<int> cpus;
+    if (numbered(name, "node", &node) && read_text_file(root + "/devices/system/node/" + name + "/cpulist", &text) &&
+        parse_cpulist(text, &cpus))
+      for (int c : cpus) numa_of[c] = node;
+  }
   for (const std::string& name : list_dir(cpu_dir)) {
     Topology::Cpu cpu;
     std::set<int> siblings;
@@ -111,7 +90,7 @@ bool read_topology(const std::string& root, Topology* topo, std::string* error) 
 std::vector<int> visible_gpus(const Topology& topo, const EnvMap& env) {
   std::vector<int> out;
   const int n = static_cast<int>(topo.gpu_socket.size());
-  if (!env_has(env, "CUDA_VISIBLE_DEVICES"))
+  if (!env.count("CUDA_VISIBLE_DEVICES"))
     for (int i = 0; i < n; ++i) out.push_back(i);
   else
     for (const std::string& raw : split(env_get(env, "CUDA_VISIBLE_DEVICES"), ',')) {
@@ -143,7 +122,7 @@ std::vector<int> rank_sockets(const Topology& topo, int nproc, const std::vector
 std::vector<size_t> pick_cores(CpuBind mode, size_t j, size_t n, size_t ncores) {
   if (mode == CpuBind::Socket) {
     std::vector<size_t> all(ncores);
-    for (size_t c = 0; c < ncores; ++c) all[c] = c;
+    std::iota(all.begin(), all.end(), 0);
     return all;
   }
   if (ncores < n) return {j % ncores};  // more ranks than cores: ranks share cores round-robin
@@ -154,41 +133,14 @@ std::vector<size_t> pick_cores(CpuBind mode, size_t j, size_t n, size_t ncores) 
   return picked;
 }
 
-std::vector<std::set<int>> compute_binding(const Topology& topo, CpuBind mode, int nproc,
-                                           const std::vector<int>& gpus, const std::set<int>& allowed) {
-  std::vector<std::set<int>> result(static_cast<size_t>(std::max(nproc, 0)));
-  // socket -> physical cores (in order of their first CPU) -> allowed CPUs of that core
-  std::map<int, std::map<int, std::set<int>>> sockets;
-  for (const Topology::Cpu& c : topo.cpus)
-    if (allowed.empty() || allowed.count(c.id)) sockets[c.socket][c.core].insert(c.id);
-  if (sockets.empty() || nproc <= 0) return result;
-  std::vector<int> socket_ids;
-  for (const auto& s : sockets) socket_ids.push_back(s.first);
-  std::map<int, std::vector<int>> ranks_on;  // socket -> its ranks in order
-  const std::vector<int> socket_of = rank_sockets(topo, nproc, gpus, socket_ids);
-  for (int r = 0; r < nproc; ++r) ranks_on[socket_of[static_cast<size_t>(r)]].push_back(r);
-  for (const auto& entry : ranks_on) {
-    std::vector<const std::set<int>*> cores;
-    for (const auto& c : sockets[entry.first]) cores.push_back(&c.second);
-    const std::vector<int>& ranks = entry.second;
-    for (size_t j = 0; j < ranks.size(); ++j)
-      for (size_t idx : pick_cores(mode, j, ranks.size(), cores.size()))
-        result[static_cast<size_t>(ranks[j])].insert(cores[idx]->begin(), cores[idx]->end());
-  }
-  return result;
-}
-
 }  // namespace
 
 bool parse_cpu_bind(const std::string& raw, CpuBind* out) {
   std::string s = to_lower(trim(raw));
   std::replace(s.begin(), s.end(), '_', '-');
-  for (int m = 0; m < 5; ++m)
-    if (s == kBindNames[m]) {
-      *out = static_cast<CpuBind>(m);
-      return true;
-    }
-  return false;
+  const auto it = std::find(std::begin(kBindNames), std::end(kBindNames), s);
+  if (it != std::end(kBindNames)) *out = static_cast<CpuBind>(it - std::begin(kBindNames));
+  return it != std::end(kBindNames);
 }
 
 std::string cpu_bind_name(CpuBind mode) { return kBindNames[static_cast<int>(mode)]; }
@@ -229,10 +181,31 @@ std::vector<std::set<int>> plan_binding(CpuBind mode, int nproc, const std::stri
   Topology topo;
   std::string err;
   if (mode == CpuBind::None) return {};
-  if (read_topology(sysfs_root, &topo, &err))
-    return compute_binding(topo, mode, nproc, visible_gpus(topo, env), allowed_cpus(env));
-  *note = "warning: --cpu-bind " + cpu_bind_name(mode) + " ignored: " + err;
-  return {};
+  if (!read_topology(sysfs_root, &topo, &err)) {
+    *note = "warning: --cpu-bind " + cpu_bind_name(mode) + " ignored: " + err;
+    return {};
+  }
+  const std::set<int> allowed = allowed_cpus(env);
+  std::vector<std::set<int>> result(static_cast<size_t>(std::max(nproc, 0)));
+  // socket -> physical cores (in order of their first CPU) -> allowed CPUs of that core
+  std::map<int, std::map<int, std::set<int>>> sockets;
+  for (const Topology::Cpu& c : topo.cpus)
+    if (allowed.empty() || allowed.count(c.id)) sockets[c.socket][c.core].insert(c.id);
+  if (sockets.empty() || nproc <= 0) return result;
+  std::vector<int> socket_ids;
+  for (const auto& s : sockets) socket_ids.push_back(s.first);
+  std::map<int, std::vector<int>> ranks_on;  // socket -> its ranks in order
+  const std::vector<int> socket_of = rank_sockets(topo, nproc, visible_gpus(topo, env), socket_ids);
+  for (int r = 0; r < nproc; ++r) ranks_on[socket_of[static_cast<size_t>(r)]].push_back(r);
+  for (const auto& entry : ranks_on) {
+    std::vector<const std::set<int>*> cores;
+    for (const auto& c : sockets[entry.first]) cores.push_back(&c.second);
+    const std::vector<int>& ranks = entry.second;
+    for (size_t j = 0; j < ranks.size(); ++j)
+      for (size_t idx : pick_cores(mode, j, ranks.size(), cores.size()))
+        result[static_cast<size_t>(ranks[j])].insert(cores[idx]->begin(), cores[idx]->end());
+  }
+  return result;
 }
 
 }  // namespace dl

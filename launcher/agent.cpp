@@ -19,8 +19,6 @@ constexpr size_t kMaxLine = 64 * 1024;  // longer lines reach the console in pie
 constexpr size_t kTailLines = 20;       // the tail of a worker's output kept for the failure report
 constexpr size_t kTailWidth = 400;
 
-bool is_terminating(int sig) { return sig != SIGUSR1 && sig != SIGUSR2; }
-
 // Whether a local rank's stream (1 stdout, 2 stderr) appears on the launcher's console.
 bool on_console(const Options& opt, int local_rank, int stream) {
   if (!opt.local_ranks_filter.empty() && !opt.local_ranks_filter.count(local_rank)) return false;
@@ -34,10 +32,21 @@ void close_fd(int* fd) {
 
 }  // namespace
 
+std::vector<std::string> worker_command(const Options& opt, const EnvMap& env) {
+  std::vector<std::string> cmd;
+  if (!opt.no_python) {
+    cmd = {env_get(env, "PYTHON_EXEC", "python3"), "-u"};
+    if (cmd[0].empty()) cmd[0] = "python3";
+    if (opt.module) cmd.push_back("-m");
+  }
+  cmd.push_back(opt.script);
+  cmd.insert(cmd.end(), opt.script_args.begin(), opt.script_args.end());
+  return cmd;
+}
+
 struct Agent::Worker {
   struct Stream {
-    int fd = -1;   // the pipe from the worker
-    int log = -1;  // stdout.log / stderr.log
+    int fd = -1, log = -1;  // the pipe from the worker, and stdout.log / stderr.log
     std::string partial;  // the bytes after the last complete line
   };
   Stream io[2];  // stdout, stderr
@@ -70,12 +79,14 @@ int Agent::alive() const {
   return static_cast<int>(std::count_if(workers_.begin(), workers_.end(), [](auto& w) { return w->alive(); }));
 }
 
-// ---------------------------------------------------------------------------------- messages
-
 void Agent::handle(const Msg& m) {
   if (m.type == "START" && state_ == AgentState::Waiting) {
-    if (term_signal_ || link_ == Link::Lost) answer_without_starting(m);
-    else start_round(m);
+    if (!term_signal_ && link_ != Link::Lost) return start_round(m);
+    // Shutting down: the round is answered without starting anything, so the coordinator can finish.
+    log_.round = static_cast<int>(m.get_int("round"));
+    for (int lr = 0; lr < o_.nproc_per_node; ++lr)
+      send_(Fate(static_cast<int>(m.get_int("offset")) + lr, lr, o_.node_rank, log_.round, hostname_).to_msg());
+    send_(Msg("DONE").set("round", log_.round));
   } else if (m.type == "ABORT" && state_ == AgentState::Running && m.get_int("round", -1) == log_.round) {
     log_line("stopping this node's workers: " + m.get("reason", "another node failed"));
     stop(SIGTERM);
@@ -91,36 +102,6 @@ void Agent::handle(const Msg& m) {
   }
 }
 
-// Shutting down: the round is answered without starting anything, so the coordinator can finish.
-void Agent::answer_without_starting(const Msg& m) {
-  log_.round = static_cast<int>(m.get_int("round"));
-  for (int lr = 0; lr < o_.nproc_per_node; ++lr)
-    send_(Fate(static_cast<int>(m.get_int("offset")) + lr, lr, o_.node_rank, log_.round, hostname_).to_msg());
-  send_(Msg("DONE").set("round", log_.round));
-}
-
-// ------------------------------------------------------------------------------------- start
-
-EnvMap Agent::round_env(const Msg& m) const {
-  EnvMap env = env_;
-  std::string sigs;
-  for (int sig : o_.handled_signals) sigs += (sigs.empty() ? "" : ",") + signal_name(sig);
-  env["WORLD_SIZE"] = env["ROLE_WORLD_SIZE"] = std::to_string(log_.world_size);
-  env["LOCAL_WORLD_SIZE"] = std::to_string(o_.nproc_per_node);
-  env["GROUP_RANK"] = std::to_string(o_.node_rank);
-  env["GROUP_WORLD_SIZE"] = m.get("nnodes");
-  env["ROLE_NAME"] = o_.role;
-  env["MASTER_ADDR"] = m.get("addr", o_.master_addr);
-  env["MASTER_PORT"] = m.get("port");
-  env["TORCHELASTIC_RESTART_COUNT"] = std::to_string(log_.round);
-  env["TORCHELASTIC_MAX_RESTARTS"] = std::to_string(o_.max_restarts);
-  env["TORCHELASTIC_RUN_ID"] = o_.run_id;
-  env["TORCHELASTIC_USE_AGENT_STORE"] = "False";
-  env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = sigs;
-  env.emplace("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1");  // unless already set
-  return env;
-}
-
 void Agent::start_round(const Msg& m) {
   log_.round = static_cast<int>(m.get_int("round"));
   log_.world_size = static_cast<int>(m.get_int("world"));
@@ -132,7 +113,22 @@ void Agent::start_round(const Msg& m) {
   }
   workers_.clear();
   state_ = AgentState::Running;
-  const EnvMap base = round_env(m);
+  EnvMap base = env_;  // torchrun's environment for the round
+  std::string sigs;
+  for (int sig : o_.handled_signals) sigs += (sigs.empty() ? "" : ",") + signal_name(sig);
+  base["WORLD_SIZE"] = base["ROLE_WORLD_SIZE"] = std::to_string(log_.world_size);
+  base["LOCAL_WORLD_SIZE"] = std::to_string(o_.nproc_per_node);
+  base["GROUP_RANK"] = std::to_string(o_.node_rank);
+  base["GROUP_WORLD_SIZE"] = m.get("nnodes");
+  base["ROLE_NAME"] = o_.role;
+  base["MASTER_ADDR"] = m.get("addr", o_.master_addr);
+  base["MASTER_PORT"] = m.get("port");
+  base["TORCHELASTIC_RESTART_COUNT"] = std::to_string(log_.round);
+  base["TORCHELASTIC_MAX_RESTARTS"] = std::to_string(o_.max_restarts);
+  base["TORCHELASTIC_RUN_ID"] = o_.run_id;
+  base["TORCHELASTIC_USE_AGENT_STORE"] = "False";
+  base["TORCHELASTIC_SIGNALS_TO_HANDLE"] = sigs;
+  base.emplace("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1");  // unless already set
   bool spawned = true;
   for (int lr = 0; lr < o_.nproc_per_node; ++lr)
     spawned = spawn(lr, static_cast<int>(m.get_int("offset")) + lr, base) && spawned;
@@ -159,7 +155,7 @@ bool Agent::spawn(int lr, int rank, const EnvMap& base) {
   env["LOCAL_RANK"] = std::to_string(lr);
   env["TORCHELASTIC_ERROR_FILE"] = w->error_file;
   // The CPUs a worker may use: its binding, else this launcher's share (torchrun sets 1).
-  if (!env_has(env_, "OMP_NUM_THREADS") && o_.nproc_per_node > 1)
+  if (!env_.count("OMP_NUM_THREADS") && o_.nproc_per_node > 1)
     env["OMP_NUM_THREADS"] = std::to_string(cpus.empty() ? cpus_per_rank_ : static_cast<int>(cpus.size()));
   w->start_mono = mono_now();
   const SpawnResult r = spawn_worker(command_, env, cpus);
@@ -178,8 +174,6 @@ bool Agent::spawn(int lr, int rank, const EnvMap& base) {
   workers_.push_back(std::move(w));
   return r.pid >= 0;
 }
-
-// -------------------------------------------------------------------------------------- stop
 
 // The one way a round's workers are told to stop: the signal to every worker's process group now,
 // SIGKILL when the grace period is over (tick), or at once without one.
@@ -206,8 +200,7 @@ void Agent::on_child_exit(pid_t pid, int status) {
   if (WIFSIGNALED(status)) f.signal = WTERMSIG(status);
   else f.exit_code = WEXITSTATUS(status);
   teardown_->exited(pid);
-  read_stream(w, 0);
-  read_stream(w, 1);
+  for (int i : {0, 1}) read_stream(w, i);
   const bool stopping = state_ == AgentState::Stopping || state_ == AgentState::Killing || link_ == Link::Lost;
   f.state = f.code() == 0 ? RankState::Succeeded : stopping ? RankState::Terminated : RankState::Failed;
   if (f.state == RankState::Failed) {
@@ -230,7 +223,8 @@ void Agent::after_exit() {
     teardown_->sweep(1.0);
     state_ = AgentState::Draining;
     drain_deadline_ = mono_now() + 1.0;
-    for (auto& w : workers_) read_stream(*w, 0), read_stream(*w, 1);
+    for (auto& w : workers_)
+      for (int i : {0, 1}) read_stream(*w, i);
   }
   if (std::none_of(workers_.begin(), workers_.end(), [](auto& w) { return w->open(); })) complete_round();
 }
@@ -238,22 +232,20 @@ void Agent::after_exit() {
 void Agent::complete_round() {
   log_.fates.clear();
   for (auto& w : workers_) {
-    for (int i = 0; i < 2; ++i) {
+    for (int i : {0, 1}) {
       read_stream(*w, i);  // whatever is still buffered in the pipes
       close_stream(*w, i);
-      close_fd(&w->io[i].log);
     }
     for (const std::string& line : w->tail) w->fate.tail += (w->fate.tail.empty() ? "" : "\n") + line;
     log_.fates.push_back(w->fate);
   }
   state_ = AgentState::Waiting;
-  if (link_ == Link::Lost) return finish_alone();
-  for (const Fate& f : log_.fates) send_(f.to_msg());
-  send_(Msg("DONE").set("round", log_.round));
-}
-
-// No coordinator to decide: the earliest local failure before the loss, else the loss itself.
-void Agent::finish_alone() {
+  if (link_ != Link::Lost) {
+    for (const Fate& f : log_.fates) send_(f.to_msg());
+    send_(Msg("DONE").set("round", log_.round));
+    return;
+  }
+  // No coordinator to decide: the earliest local failure before the loss, else the loss itself.
   const Fate* first = nullptr;
   for (const Fate& f : log_.fates)
     if (f.state == RankState::Failed && f.t_exit <= lost_time_ && (!first || f.t_exit < first->t_exit)) first = &f;
@@ -261,7 +253,7 @@ void Agent::finish_alone() {
                  first ? first->code() : (term_signal_ ? 128 + term_signal_ : kExitPeerLost),
                  first ? "rank " + std::to_string(first->rank) + " " + first->how() : lost_reason_);
   if (first) root.fate = *first;
-  log_lines(format_report(root, log_.fates, root.code));
+  log_lines(format_report(root, log_.fates));
   finish(root.code, root.what);
 }
 
@@ -271,35 +263,33 @@ void Agent::finish(int code, const std::string& what) {
   exit_code_ = code;
   if (o_.log_dir.empty() || o_.node_rank == 0) return;
   const RootCause root(CauseKind::ReportedByNode0, code, what);
-  write_summary(files_dir_, o_, code, code != 0 ? &root : nullptr, log_);
+  write_summary(files_dir_, o_, code != 0 ? &root : nullptr, log_);
 }
 
 void Agent::on_signal(int sig) {
-  if (finished()) return;
   const int n = alive();
-  if (!is_terminating(sig)) {
+  const std::string name = signal_name(sig);
+  if (finished()) return;
+  if (sig == SIGUSR1 || sig == SIGUSR2) {  // only forwarded
     teardown_->signal_all(sig);
-    log_line("forwarded " + signal_name(sig) + " to " + std::to_string(n) + " worker(s)");
-  } else if (term_signal_) {
-    log_line("second " + signal_name(sig) + ": killing the workers now");
-    kill_now();
-  } else {
-    term_signal_ = sig;
-    if (n > 0) {
-      log_line("received " + signal_name(sig) + ": forwarding it to the workers, SIGKILL in " +
-               fmt_num(o_.grace_period) + " s (send it again to kill now)");
-      stop(sig);
-    }
-    if (link_ == Link::Joined) {
-      send_(Msg("SIGNAL").set("sig", sig).set("node", o_.node_rank).set_num("t", wall_now()));
-    } else if (n == 0) {
-      finish_now(128 + sig, "received " + signal_name(sig) + " before the job started");
-    } else {
-      link_ = Link::Lost;
-      lost_reason_ = "received " + signal_name(sig);
-      lost_time_ = wall_now();
-    }
+    return log_line("forwarded " + name + " to " + std::to_string(n) + " worker(s)");
   }
+  if (term_signal_) {
+    log_line("second " + name + ": killing the workers now");
+    return kill_now();
+  }
+  term_signal_ = sig;
+  if (n > 0) {
+    log_line("received " + name + ": forwarding it to the workers, SIGKILL in " + fmt_num(o_.grace_period) +
+             " s (send it again to kill now)");
+    stop(sig);
+  }
+  if (link_ == Link::Joined)
+    return send_(Msg("SIGNAL").set("sig", sig).set("node", o_.node_rank).set_num("t", wall_now()));
+  if (n == 0) return finish_now(128 + sig, "received " + name + " before the job started");
+  link_ = Link::Lost;
+  lost_reason_ = "received " + name;
+  lost_time_ = wall_now();
 }
 
 void Agent::coordinator_lost(const std::string& why) {
@@ -345,8 +335,6 @@ double Agent::next_deadline(double now) const {
   return d;
 }
 
-// ------------------------------------------------------------------------------------ output
-
 void Agent::add_pollfds(std::vector<pollfd>* fds) {
   if (console_->pending() > kConsoleHighWater) return;  // back-pressure: let the console catch up
   for (const auto& w : workers_)
@@ -369,16 +357,8 @@ void Agent::emit_line(Worker& w, int i, const std::string& line) {
   if (on_console(o_, w.fate.local_rank, i + 1)) console_->write(i + 1, w.prefix + line + "\n");
 }
 
-// Emits the complete lines read from stream i, and pieces of kMaxLine bytes of a longer one.
-void Agent::emit_lines(Worker& w, int i) {
-  std::string& p = w.io[i].partial;
-  size_t start = 0;
-  for (size_t nl; (nl = p.find('\n', start)) != std::string::npos; start = nl + 1)
-    emit_line(w, i, p.substr(start, nl - start));
-  p.erase(0, start);
-  for (; p.size() >= kMaxLine; p.erase(0, kMaxLine)) emit_line(w, i, p.substr(0, kMaxLine));
-}
-
+// Reads what stream i has (up to the budget), emitting its complete lines, and pieces of kMaxLine
+// bytes of a longer one.
 void Agent::read_stream(Worker& w, int i) {
   Worker::Stream& s = w.io[i];
   char buf[kReadChunk];
@@ -388,8 +368,13 @@ void Agent::read_stream(Worker& w, int i) {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     if (n <= 0) return close_stream(w, i);
     if (s.log >= 0) write_all(s.log, buf, static_cast<size_t>(n));
-    s.partial.append(buf, static_cast<size_t>(n));
-    emit_lines(w, i);
+    std::string& p = s.partial;
+    p.append(buf, static_cast<size_t>(n));
+    size_t start = 0;
+    for (size_t nl; (nl = p.find('\n', start)) != std::string::npos; start = nl + 1)
+      emit_line(w, i, p.substr(start, nl - start));
+    p.erase(0, start);
+    for (; p.size() >= kMaxLine; p.erase(0, kMaxLine)) emit_line(w, i, p.substr(0, kMaxLine));
     budget -= std::min(budget, static_cast<size_t>(n));
   }
 }
@@ -399,6 +384,7 @@ void Agent::close_stream(Worker& w, int i) {
   if (!w.io[i].partial.empty()) emit_line(w, i, w.io[i].partial);
   w.io[i].partial.clear();
   close_fd(&w.io[i].fd);
+  close_fd(&w.io[i].log);
 }
 
 }  // namespace dl

@@ -1,28 +1,20 @@
 // The per-node agent: starts this node's workers for a round, relays their output, notices the first
 // failure, stops the workers and reports every rank's fate to the coordinator, with messages as its
-// only link to it. Shaped like torchrun's agent: one state value, moved only by these transitions,
-// and one way to stop workers (stop()):
-//
-//   Waiting  -> Running   START: this node's workers are spawned
-//   Running  -> Stopping  a worker failed, ABORT, a terminating signal, the coordinator was lost, or a
-//                         worker could not be spawned: the signal goes to every worker's group
-//   Running  -> Killing   the same with --grace-period 0, SIGKILL at once
-//   Stopping -> Killing   the grace period is over, or a second terminating signal: SIGKILL
-//   Running, Stopping, Killing -> Draining   the last worker exited: escaped descendants are swept
-//                         and the pipes get up to a second to deliver their last bytes
-//   Draining -> Waiting   the fates and DONE go to the coordinator, which answers START or RESULT
-//   Draining -> Finished  the same with the coordinator lost: this node decides its exit code alone
-//   any      -> Finished  RESULT, or finish_now (rendezvous failed, a signal before the start, ...)
+// only link to it. Shaped like torchrun's agent: one AgentState, moved only by the transitions
+// tabled in docs/launcher.md ("Inside the launcher"), and one way to stop workers (stop()).
 #pragma once
 
 #include <functional>
 #include <memory>
 
-#include "output.hpp"
+#include "util.hpp"
 #include "process.hpp"
 #include "report.hpp"
 
 namespace dl {
+
+// The worker command line: python3 -u [-m] script args, or the command as is with --no-python.
+std::vector<std::string> worker_command(const Options& opt, const EnvMap& env);
 
 enum class AgentState { Waiting, Running, Stopping, Killing, Draining, Finished };
 
@@ -59,18 +51,14 @@ class Agent : public Pollable {
   bool in_round() const { return state_ != AgentState::Waiting && state_ != AgentState::Finished; }
   int alive() const;
   void start_round(const Msg& m);
-  void answer_without_starting(const Msg& m);
-  EnvMap round_env(const Msg& m) const;
   bool spawn(int local_rank, int rank, const EnvMap& base);
   void stop(int sig);
   void kill_now();
   void emit_line(Worker& w, int i, const std::string& line);
-  void emit_lines(Worker& w, int i);
   void read_stream(Worker& w, int i);
   void close_stream(Worker& w, int i);
   void after_exit();
   void complete_round();
-  void finish_alone();
   void finish(int code, const std::string& what);
 
   const Options& o_;
@@ -85,8 +73,7 @@ class Agent : public Pollable {
   AgentState state_ = AgentState::Waiting;
   Link link_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  double stop_deadline_ = 0;    // Stopping: when SIGKILL follows
-  double drain_deadline_ = 0;   // Draining: when to stop waiting for pipes
+  double stop_deadline_ = 0, drain_deadline_ = 0;  // Stopping: SIGKILL; Draining: stop waiting
   int term_signal_ = 0;         // first terminating signal received by the launcher
   std::string lost_reason_;     // Link::Lost: why, and when (wall clock)
   double lost_time_ = 0;

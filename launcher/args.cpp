@@ -4,6 +4,7 @@
 #include <cctype>
 #include <csignal>
 #include <cstdio>
+#include <optional>
 
 namespace dl {
 
@@ -73,32 +74,27 @@ struct UsageError {
 
 [[noreturn]] void refuse(const std::string& msg) { throw UsageError{msg}; }
 
-const Spec* find_spec(const std::string& name, bool is_short) {
-  for (const Spec& s : kSpecs)
-    if (is_short ? s.short_name && name == s.short_name : name == s.name) return &s;
-  return nullptr;
+[[noreturn]] void expected(const std::string& option, const std::string& what, const std::string& v) {
+  refuse("--" + option + " expects " + what + ", got '" + v + "'");
 }
 
 // Splits argv into options (canonical name -> value, "" for flags) and the script with its args.
 std::map<std::string, std::string> tokenize(const std::vector<std::string>& argv, Options* opt) {
   std::map<std::string, std::string> given;
   size_t i = 1;
-  for (; i < argv.size(); ++i) {
+  for (; i < argv.size() && argv[i] != "--"; ++i) {
     const std::string& a = argv[i];
-    if (a == "--") {
-      ++i;
-      break;
-    }
     if (a.size() < 2 || a[0] != '-') break;  // the script: everything after belongs to it
     const bool is_long = starts_with(a, "--");
-    std::string name = is_long ? a.substr(2) : a.substr(1, 1), value;
-    const size_t eq = is_long ? name.find('=') : std::string::npos;
+    const size_t eq = is_long ? a.find('=') : std::string::npos;
     const bool has_value = is_long ? eq != std::string::npos : a.size() > 2;
-    if (has_value) value = is_long ? name.substr(eq + 1) : a.substr(2);
-    if (has_value && is_long) name.resize(eq);
+    std::string name = is_long ? a.substr(2, has_value ? eq - 2 : std::string::npos) : a.substr(1, 1);
+    std::string value = has_value ? a.substr(is_long ? eq + 1 : 2) : "";
     std::replace(name.begin(), name.end(), '_', '-');
-    const Spec* spec = find_spec(name, !is_long);
-    if (!spec) refuse("unknown option '" + a + "' (see --help)");
+    const Spec* spec = std::find_if(std::begin(kSpecs), std::end(kSpecs), [&](const Spec& s) {
+      return is_long ? name == s.name : s.short_name && name == s.short_name;
+    });
+    if (spec == std::end(kSpecs)) refuse("unknown option '" + a + "' (see --help)");
     const std::string canon = spec->name;
     if (!spec->metavar && has_value) refuse("option --" + canon + " takes no value");
     const bool optional = spec->metavar && spec->metavar[0] == '[';
@@ -109,6 +105,7 @@ std::map<std::string, std::string> tokenize(const std::vector<std::string>& argv
     if (spec->metavar && !has_value && (!optional || next_fits)) value = argv[++i];
     given[canon] = value;
   }
+  if (i < argv.size() && argv[i] == "--") ++i;
   if (i < argv.size()) {
     opt->script = argv[i];
     opt->script_args.assign(argv.begin() + static_cast<long>(i) + 1, argv.end());
@@ -116,103 +113,88 @@ std::map<std::string, std::string> tokenize(const std::vector<std::string>& argv
   return given;
 }
 
-std::string pet_name(const std::string& name) {
-  std::string out = "PET_";
-  for (char c : name) out += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return out;
-}
-
-// An option's value: the command line first, then PET_<FLAG>; remembers which ones the user chose.
+// Each option's value: from the command line, else from PET_<OPT> (for a flag: when that is 1,
+// true, yes or on).
 class Source {
  public:
-  Source(std::map<std::string, std::string> given, const EnvMap& env) : given_(std::move(given)), env_(env) {}
+  Source(std::map<std::string, std::string> given, const EnvMap& env) : given_(std::move(given)) {
+    for (const Spec& s : kSpecs) {
+      std::string pet = "PET_" + std::string(s.name);
+      for (char& c : pet) c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      const auto e = env.find(pet);
+      const std::string v = e == env.end() ? "" : to_lower(trim(e->second));
+      if (e != env.end() && (s.metavar || v == "1" || v == "true" || v == "yes" || v == "on"))
+        given_.emplace(s.name, e->second);  // the command line wins
+    }
+  }
 
-  bool value(const char* name, std::string* out) {
+  std::optional<std::string> value(const char* name) const {
     auto it = given_.find(name);
-    auto e = env_.find(pet_name(name));
-    if (it == given_.end() && e == env_.end()) return false;
-    *out = it != given_.end() ? it->second : e->second;
-    chosen_.insert(name);
-    return true;
+    return it == given_.end() ? std::nullopt : std::optional<std::string>(it->second);
   }
-  bool flag(const char* name) const {
-    auto e = env_.find(pet_name(name));
-    std::string v = e == env_.end() ? "" : to_lower(trim(e->second));
-    return given_.count(name) || v == "1" || v == "true" || v == "yes" || v == "on";
-  }
-  bool chosen(const char* name) const { return chosen_.count(name) != 0; }
-  void integer(const char* name, long long lo, long long hi, int* out) {
-    std::string v;
+  bool given(const char* name) const { return given_.count(name) != 0; }  // flags too
+  void integer(const char* name, long long lo, long long hi, int* out) const {
+    const auto v = value(name);
     long long x = 0;
-    if (!value(name, &v)) return;
-    if (!parse_int(trim(v), &x) || x < lo || x > hi)
-      refuse("--" + std::string(name) + " expects an integer in [" + std::to_string(lo) + ", " +
-             std::to_string(hi) + "], got '" + v + "'");
+    if (!v) return;
+    if (!parse_int(trim(*v), &x) || x < lo || x > hi)
+      expected(name, "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]", *v);
     *out = static_cast<int>(x);
   }
-  void seconds(const char* name, double lo, double* out) {
-    std::string v;
+  void seconds(const char* name, double lo, double* out) const {
+    const auto v = value(name);
     double x = 0;
-    if (!value(name, &v)) return;
-    if (!parse_double(trim(v), &x) || !(x >= lo) || x > 1e7)
-      refuse("--" + std::string(name) + " expects a number of seconds, got '" + v + "'");
+    if (!v) return;
+    if (!parse_double(trim(*v), &x) || !(x >= lo) || x > 1e7) expected(name, "a number of seconds", *v);
     *out = x;
   }
 
  private:
   std::map<std::string, std::string> given_;
-  const EnvMap& env_;
-  std::set<std::string> chosen_;
 };
 
-void parse_nproc(const std::string& raw, const EnvMap& env, Options* o) {
-  const std::string s = to_lower(trim(raw));
-  auto cpus = [&] { return std::max<int>(1, static_cast<int>(allowed_cpus(env).size())); };
-  long long n = 0;
-  if (s == "cpu") {
-    o->nproc_per_node = cpus();
-  } else if (s == "gpu" || s == "cuda" || s == "auto") {
-    const int gpus = visible_gpu_count(o->sysfs_root, env);
-    if (gpus == 0 && s != "auto") refuse("--nproc-per-node gpu: no visible NVIDIA GPU");
-    o->nproc_per_node = gpus > 0 ? gpus : cpus();
-  } else if (parse_int(s, &n) && n >= 1 && n <= 100000) {
-    o->nproc_per_node = static_cast<int>(n);
-  } else {
-    refuse("--nproc-per-node expects a positive integer, cpu, gpu or auto, got '" + raw + "'");
-  }
-}
-
 // How many nodes, which one this is, how many workers here.
-void parse_world(Source& src, const EnvMap& env, Options* o) {
-  std::string v, err;
-  if (src.value("sysfs-root", &v)) o->sysfs_root = v;
-  else if (env_has(env, "DETLITE_SYSFS_ROOT")) o->sysfs_root = env_get(env, "DETLITE_SYSFS_ROOT");
+void parse_world(const Source& src, const EnvMap& env, Options* o) {
+  std::string err;
+  o->sysfs_root = src.value("sysfs-root").value_or(env_get(env, "DETLITE_SYSFS_ROOT", o->sysfs_root));
   if (!detect_scheduler(env, &o->scheduler, &err)) refuse(err);
   const SchedulerInfo& sched = o->scheduler;
-  if (src.value("nnodes", &v)) {
-    const std::string s = trim(v);
-    const size_t colon = s.find(':');
+  if (const auto v = src.value("nnodes")) {
+    const std::string s = trim(*v);
+    const std::vector<std::string> parts = split(s, ':');  // N or MIN:MAX
     long long lo = 0, hi = 0;
-    bool ok = colon == std::string::npos ? parse_int(s, &lo) && (hi = lo, true)
-                                         : parse_int(s.substr(0, colon), &lo) && parse_int(s.substr(colon + 1), &hi);
-    if (!ok || lo < 1 || lo > 100000) refuse("--nnodes expects N or N:N, got '" + v + "'");
+    const bool ok = parts.size() <= 2 && parse_int(parts[0], &lo) && parse_int(parts.back(), &hi);
+    if (!ok || lo < 1 || lo > 100000) expected("nnodes", "N or N:N", *v);
     if (hi != lo) refuse("elastic --nnodes " + s + " is not supported: give a fixed node count");
     o->nnodes = static_cast<int>(lo);
   } else if (!sched.name.empty()) {
     o->nnodes = sched.nnodes;
   }
-  if (src.flag("standalone")) {
+  if (src.given("standalone")) {
     // torchrun's --standalone forms its own one-node rendezvous on a free port; a node count or a
     // port next to it cannot both hold, so say so instead of dropping one.
-    if (src.chosen("nnodes") && o->nnodes != 1)
+    if (src.given("nnodes") && o->nnodes != 1)
       refuse("--standalone runs a single node: it cannot be combined with --nnodes " + std::to_string(o->nnodes));
     o->nnodes = 1;
   }
   src.integer("node-rank", 0, 100000, &o->node_rank);
-  if (!src.chosen("node-rank") && !sched.name.empty()) o->node_rank = sched.node_rank;
+  if (!src.given("node-rank") && !sched.name.empty()) o->node_rank = sched.node_rank;
   if (o->node_rank >= o->nnodes)
     refuse("--node-rank " + std::to_string(o->node_rank) + " is not below --nnodes " + std::to_string(o->nnodes));
-  if (src.value("nproc-per-node", &v)) parse_nproc(v, env, o);
+  const std::string raw = src.value("nproc-per-node").value_or("1"), nproc = to_lower(trim(raw));
+  auto cpus = [&] { return std::max<int>(1, static_cast<int>(allowed_cpus(env).size())); };
+  long long n = 0;
+  if (nproc == "cpu") {
+    o->nproc_per_node = cpus();
+  } else if (nproc == "gpu" || nproc == "cuda" || nproc == "auto") {
+    const int gpus = visible_gpu_count(o->sysfs_root, env);
+    if (gpus == 0 && nproc != "auto") refuse("--nproc-per-node gpu: no visible NVIDIA GPU");
+    o->nproc_per_node = gpus > 0 ? gpus : cpus();
+  } else if (parse_int(nproc, &n) && n >= 1 && n <= 100000) {
+    o->nproc_per_node = static_cast<int>(n);
+  } else {
+    expected("nproc-per-node", "a positive integer, cpu, gpu or auto", raw);
+  }
 }
 
 void parse_endpoint(const std::string& v, Options* o) {
@@ -223,7 +205,7 @@ void parse_endpoint(const std::string& v, Options* o) {
     const size_t close = s.find(']');
     if (close == std::string::npos) refuse("--rdzv-endpoint: unbalanced '[' in '" + v + "'");
     host = s.substr(1, close - 1);
-    if (close + 1 < s.size() && s[close + 1] != ':') refuse("--rdzv-endpoint expects [HOST]:PORT, got '" + v + "'");
+    if (close + 1 < s.size() && s[close + 1] != ':') expected("rdzv-endpoint", "[HOST]:PORT", v);
     if (close + 1 < s.size()) port = s.substr(close + 2);
   } else if (one_colon) {
     host = s.substr(0, s.find(':'));
@@ -233,7 +215,7 @@ void parse_endpoint(const std::string& v, Options* o) {
   if (port.empty() && !(one_colon && s.back() == ':')) return;
   long long p = 0;
   if (!parse_int(port, &p) || p < 1 || p > 65535)
-    refuse("--rdzv-endpoint expects HOST[:PORT] with a port in 1..65535, got '" + v + "'");
+    expected("rdzv-endpoint", "HOST[:PORT] with a port in 1..65535", v);
   o->rdzv_port = static_cast<int>(p);
 }
 
@@ -242,66 +224,66 @@ void parse_rdzv_conf(const std::string& v, Options* o) {
     const std::string kv = trim(raw);
     const size_t eq = kv.find('=');
     if (kv.empty()) continue;
-    if (eq == std::string::npos) refuse("--rdzv-conf expects KEY=VALUE,..., got '" + v + "'");
+    if (eq == std::string::npos) expected("rdzv-conf", "KEY=VALUE,...", v);
     const std::string key = trim(kv.substr(0, eq));
     double t = 0;
     if (key != "join_timeout" && key != "timeout")
       refuse("--rdzv-conf " + key + " is not supported: only join_timeout (or timeout) applies to a fixed-size "
              "rendezvous");
     if (!parse_double(trim(kv.substr(eq + 1)), &t) || !(t > 0) || t > 1e7)
-      refuse("--rdzv-conf " + key + " expects a number of seconds, got '" + kv.substr(eq + 1) + "'");
+      expected("rdzv-conf " + key, "a number of seconds", kv.substr(eq + 1));
     o->rdzv_timeout = t;
   }
 }
 
 // Where node 0 is, which ports, how the nodes find each other.
-void parse_rendezvous(Source& src, Options* o) {
+void parse_rendezvous(const Source& src, Options* o) {
   const SchedulerInfo& sched = o->scheduler;
-  std::string v;
-  if (src.value("master-addr", &v)) o->master_addr = trim(v);
+  if (const auto v = src.value("master-addr")) o->master_addr = trim(*v);
   else if (!sched.master_addr.empty()) o->master_addr = sched.master_addr;
   if (o->master_addr.empty()) refuse("--master-addr is empty");
-  if (sched.master_addr.empty() && !sched.name.empty() && sched.nnodes > 1 && !src.chosen("master-addr"))
+  if (sched.master_addr.empty() && !sched.name.empty() && sched.nnodes > 1 && !src.given("master-addr"))
     refuse(sched.name + " does not tell where node 0 runs: pass --master-addr (the host of rank 0)");
   src.integer("master-port", 0, 65535, &o->master_port);
-  if (src.flag("standalone") && src.chosen("master-port") && o->master_port != 0)
+  if (src.given("standalone") && src.given("master-port") && o->master_port != 0)
     refuse("--standalone picks a free MASTER_PORT itself: it cannot be combined with --master-port " +
            std::to_string(o->master_port));
-  if (!src.chosen("master-port") && (!sched.name.empty() || src.flag("standalone"))) o->master_port = 0;
+  if (!src.given("master-port") && (!sched.name.empty() || src.given("standalone"))) o->master_port = 0;
 
   o->rdzv_host = o->master_addr;
   if (sched.rdzv_port > 0) o->rdzv_port = sched.rdzv_port;
-  if (src.value("rdzv-endpoint", &v)) parse_endpoint(v, o);
+  if (const auto v = src.value("rdzv-endpoint")) parse_endpoint(*v, o);
   if (o->nnodes > 1 && o->master_port == o->rdzv_port && o->master_port != 0)
     refuse("--master-port and the control-plane port (--rdzv-endpoint) are both " +
            std::to_string(o->master_port) + "; pick different ports");
-  if (src.value("rdzv-id", &v)) o->run_id = trim(v);
+  if (const auto v = src.value("rdzv-id")) o->run_id = trim(*v);
   else if (!sched.run_id.empty()) o->run_id = sched.run_id;
   if (o->run_id.empty()) refuse("--rdzv-id is empty");
-  if (src.value("rdzv-conf", &v)) parse_rdzv_conf(v, o);
+  if (const auto v = src.value("rdzv-conf")) parse_rdzv_conf(*v, o);
   src.seconds("rdzv-timeout", 0.1, &o->rdzv_timeout);  // after --rdzv-conf: the explicit flag wins
-  if (src.value("local-addr", &v)) o->local_addr = trim(v);
-  if (src.value("rdzv-backend", &v) && to_lower(trim(v)) != "static" && to_lower(trim(v)) != "c10d")
-    refuse("--rdzv-backend " + v + " is not supported: detlite-launch has its own rendezvous through node 0 "
+  if (const auto v = src.value("local-addr")) o->local_addr = trim(*v);
+  const std::string backend = src.value("rdzv-backend").value_or("static");
+  if (to_lower(trim(backend)) != "static" && to_lower(trim(backend)) != "c10d")
+    refuse("--rdzv-backend " + backend + " is not supported: detlite-launch has its own rendezvous through node 0 "
            "(use static or c10d)");
 }
 
 // Restarts, stopping, heartbeats, signals.
-void parse_supervision(Source& src, Options* o) {
-  std::string v;
+void parse_supervision(const Source& src, Options* o) {
   src.integer("max-restarts", 0, 1000000, &o->max_restarts);
   src.seconds("grace-period", 0, &o->grace_period);
   src.seconds("heartbeat-interval", 0.01, &o->heartbeat_interval);
   src.seconds("heartbeat-timeout", 0.05, &o->heartbeat_timeout);
   if (o->heartbeat_timeout <= o->heartbeat_interval)
     refuse("--heartbeat-timeout must be longer than --heartbeat-interval");
-  if (src.value("monitor-interval", &v))
+  if (src.given("monitor-interval"))
     refuse("--monitor-interval is not supported: detlite-launch notices worker exits at once (SIGCHLD) instead "
            "of polling; drop the option");
   o->handled_signals.assign(std::begin(kHandled), std::end(kHandled));
-  if (!src.value("signals-to-handle", &v)) return;
+  const auto v = src.value("signals-to-handle");
+  if (!v) return;
   o->handled_signals.clear();
-  for (const std::string& name : split(v, ',')) {
+  for (const std::string& name : split(*v, ',')) {
     const int sig = signal_from_name(name);
     if (std::find(std::begin(kHandled), std::end(kHandled), sig) == std::end(kHandled))
       refuse("--signals-to-handle accepts SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2; got '" + name + "'");
@@ -311,52 +293,50 @@ void parse_supervision(Source& src, Options* o) {
 
 int stream_bits(const char* name, const std::string& v, bool bare_is_3) {
   long long x = 3;
-  if (!(bare_is_3 && v.empty()) && (!parse_int(trim(v), &x) || x < 0 || x > 3))
-    refuse(v.find(':') != std::string::npos
-               ? "per-rank --" + std::string(name) + " maps are not supported: give one value 0-3 for every rank"
-               : "--" + std::string(name) + " expects 0-3, got '" + v + "'");
+  if (v.find(':') != std::string::npos)
+    refuse("per-rank --" + std::string(name) + " maps are not supported: give one value 0-3 for every rank");
+  if (!(bare_is_3 && v.empty()) && (!parse_int(trim(v), &x) || x < 0 || x > 3)) expected(name, "0-3", v);
   return static_cast<int>(x);
 }
 
 // Where worker output goes: console, log files, which ranks.
-void parse_output(Source& src, Options* o) {
-  std::string v;
-  if (src.value("role", &v)) o->role = v;
-  if (src.value("log-dir", &v)) o->log_dir = v;
-  if (src.value("tee", &v)) o->tee = stream_bits("tee", v, true);
-  if (src.value("redirects", &v)) o->redirects = stream_bits("redirects", v, false);
+void parse_output(const Source& src, Options* o) {
+  o->role = src.value("role").value_or(o->role);
+  o->log_dir = src.value("log-dir").value_or(o->log_dir);
+  if (const auto v = src.value("tee")) o->tee = stream_bits("tee", *v, true);
+  if (const auto v = src.value("redirects")) o->redirects = stream_bits("redirects", *v, false);
   if (o->tee != 0 && o->log_dir.empty())
     o->notes.push_back("--tee has no effect without --log-dir: all output goes to the console");
-  if (src.chosen("redirects") && o->redirects != 0 && o->log_dir.empty())
+  if (src.given("redirects") && o->redirects != 0 && o->log_dir.empty())
     refuse("--redirects " + std::to_string(o->redirects) + " needs --log-dir: redirected output goes to "
            "DIR/attempt_<k>/rank_<r>/");
-  if (!src.value("local-ranks-filter", &v)) return;
-  for (const std::string& part : split(v, ',')) {
+  const auto v = src.value("local-ranks-filter");
+  if (!v) return;
+  for (const std::string& part : split(*v, ',')) {
     long long r = 0;
-    if (!parse_int(trim(part), &r) || r < 0) refuse("--local-ranks-filter expects R,R,..., got '" + v + "'");
+    if (!parse_int(trim(part), &r) || r < 0) expected("local-ranks-filter", "R,R,...", *v);
     o->local_ranks_filter.insert(static_cast<int>(r));
   }
 }
 
-void parse_binding(Source& src, Options* o) {
-  std::string v;
-  if (src.value("numa-binding", &v)) {
-    const std::string m = to_lower(trim(v));
+void parse_binding(const Source& src, Options* o) {
+  if (const auto v = src.value("numa-binding")) {
+    const std::string m = to_lower(trim(*v));
     if (m == "node" || m == "socket") o->cpu_bind = CpuBind::Socket;
     else if (m == "exclusive") o->cpu_bind = CpuBind::SocketUniqueContiguous;
     else if (m == "core-complex" || m == "core_complex") o->cpu_bind = CpuBind::Core;
-    else refuse("--numa-binding expects node, socket, exclusive or core-complex, got '" + v + "'");
+    else expected("numa-binding", "node, socket, exclusive or core-complex", *v);
   }
-  if (src.value("cpu-bind", &v) && !parse_cpu_bind(v, &o->cpu_bind))
-    refuse("--cpu-bind expects none, socket, socket-unique-contiguous, socket-unique-interleaved or core, got '" +
-           v + "'");
+  const auto v = src.value("cpu-bind");
+  if (v && !parse_cpu_bind(*v, &o->cpu_bind))
+    expected("cpu-bind", "none, socket, socket-unique-contiguous, socket-unique-interleaved or core", *v);
 }
 
-void parse_command(Source& src, Options* o) {
-  o->no_python = src.flag("no-python");
-  o->module = src.flag("module");
-  o->dry_run = src.flag("dry-run");
-  if (src.flag("run-path")) o->no_python = o->module = false;  // torchrun: --run-path takes precedence
+void parse_command(const Source& src, Options* o) {
+  o->no_python = src.given("no-python");
+  o->module = src.given("module");
+  o->dry_run = src.given("dry-run");
+  if (src.given("run-path")) o->no_python = o->module = false;  // torchrun: --run-path takes precedence
   if (o->no_python && o->module) refuse("--no-python and -m/--module cannot be combined");
   if (o->script.empty()) refuse("missing the training script (or command with --no-python)");
 }
@@ -428,18 +408,6 @@ int parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options*
     std::fprintf(stderr, "detlite-launch: error: %s\n", e.msg.c_str());
     return kExitUsage;
   }
-}
-
-std::vector<std::string> worker_command(const Options& opt, const EnvMap& env) {
-  std::vector<std::string> cmd;
-  if (!opt.no_python) {
-    cmd = {env_get(env, "PYTHON_EXEC", "python3"), "-u"};
-    if (cmd[0].empty()) cmd[0] = "python3";
-    if (opt.module) cmd.push_back("-m");
-  }
-  cmd.push_back(opt.script);
-  cmd.insert(cmd.end(), opt.script_args.begin(), opt.script_args.end());
-  return cmd;
 }
 
 }  // namespace dl

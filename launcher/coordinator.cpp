@@ -2,17 +2,14 @@
 
 #include <algorithm>
 
-#include "output.hpp"
-
 namespace dl {
 
-Coordinator::Coordinator(const Options* opt, std::string hostname, Send send) : opt_(opt), send_(std::move(send)) {
-  nodes_.resize(static_cast<size_t>(opt->nnodes));
+Coordinator::Coordinator(const Options* opt, std::string hostname, Send send)
+    : opt_(opt), send_(std::move(send)), nodes_(static_cast<size_t>(opt->nnodes)),
+      rdzv_deadline_(mono_now() + opt->rdzv_timeout), next_wait_note_(mono_now() + 5) {
   nodes_[0].joined = true;
   nodes_[0].nproc = opt->nproc_per_node;
   nodes_[0].host = std::move(hostname);
-  rdzv_deadline_ = mono_now() + opt->rdzv_timeout;
-  next_wait_note_ = mono_now() + 5;
   maybe_start();
 }
 
@@ -80,12 +77,11 @@ void Coordinator::start_round(const std::string& reason) {
     n.done = false;
     log_.world_size += n.nproc;
   }
-  for (size_t i = 0; i < nodes_.size(); ++i) {
-    Msg m("START");
-    m.set("round", log_.round).set("port", port).set("addr", opt_->master_addr).set("world", log_.world_size);
-    m.set("offset", nodes_[i].offset).set("nnodes", opt_->nnodes).set("reason", reason);
-    send_(static_cast<int>(i), m);
-  }
+  Msg start("START");
+  start.set("round", log_.round).set("port", port).set("addr", opt_->master_addr).set("world", log_.world_size);
+  start.set("nnodes", opt_->nnodes).set("reason", reason);
+  for (size_t i = 0; i < nodes_.size(); ++i)
+    send_(static_cast<int>(i), Msg(start).set("offset", nodes_[i].offset));
 }
 
 void Coordinator::abort_round(const std::string& reason) {
@@ -100,7 +96,14 @@ void Coordinator::handle(int node, const Msg& m) {
   if (m.type == "FAIL" && this_round) {
     abort_round(m.get("what", "a worker failed"));
   } else if (m.type == "SIGNAL") {
-    on_signal(node, static_cast<int>(m.get_int("sig", 15)), m.get_num("t", wall_now()));
+    const int sig = static_cast<int>(m.get_int("sig", 15));
+    const RootCause ev(CauseKind::Signal, 128 + sig, "the launcher on node " + std::to_string(node) + " (" +
+                       nodes_[static_cast<size_t>(node)].host + ") received " + signal_name(sig), node,
+                       m.get_num("t", wall_now()));
+    no_restart_ = true;
+    if (state_ == JobState::Rendezvous) return send_result(&ev, {});
+    events_.push_back(ev);
+    abort_round(ev.what);
   } else if (m.type == "FATE") {
     Fate f = Fate::from_msg(m);
     if (f.round == log_.round) log_.fates.push_back(f);
@@ -108,15 +111,6 @@ void Coordinator::handle(int node, const Msg& m) {
     nodes_[static_cast<size_t>(node)].done = true;
     finish_round();
   }
-}
-
-void Coordinator::on_signal(int node, int sig, double t) {
-  const RootCause ev(CauseKind::Signal, 128 + sig, "the launcher on node " + std::to_string(node) + " (" +
-                     nodes_[static_cast<size_t>(node)].host + ") received " + signal_name(sig), node, t);
-  no_restart_ = true;
-  if (state_ == JobState::Rendezvous) return send_result(ev.code, &ev, format_report(ev, {}, ev.code));
-  events_.push_back(ev);
-  abort_round(ev.what);
 }
 
 void Coordinator::node_lost(int node, const std::string& why) {
@@ -140,22 +134,7 @@ void Coordinator::node_lost(int node, const std::string& why) {
 
 void Coordinator::fail_rendezvous(const std::string& why) {
   const RootCause root(CauseKind::Rendezvous, kExitRendezvous, why);
-  send_result(kExitRendezvous, &root, format_report(root, {}, kExitRendezvous));
-}
-
-// The candidates for the root cause: signals to launchers, lost nodes, and workers that failed on
-// their own. Workers stopped by the launcher ("terminated") are consequences, not causes.
-std::vector<RootCause> Coordinator::causes() const {
-  std::vector<RootCause> out = events_;
-  for (const Fate& f : log_.fates) {
-    if (f.state != RankState::Failed) continue;
-    out.emplace_back(CauseKind::Worker, f.code() > 0 ? f.code() : 1,
-                     "rank " + std::to_string(f.rank) + " on node " + std::to_string(f.node) + " (" + f.host +
-                         ", pid " + std::to_string(f.pid) + ") " + f.how(),
-                     f.node, f.t_exit);
-    out.back().fate = f;
-  }
-  return out;
+  send_result(&root, {});
 }
 
 void Coordinator::finish_round() {
@@ -167,10 +146,20 @@ void Coordinator::finish_round() {
     for (int lr = 0; n.lost && lr < n.nproc; ++lr)
       log_.fates.emplace_back(n.offset + lr, lr, static_cast<int>(i), log_.round, n.host, RankState::Lost);
   }
-  std::vector<RootCause> all = causes();
+  // The candidates for the root cause: signals to launchers, lost nodes, and workers that failed on
+  // their own. Workers stopped by the launcher ("terminated") are consequences, not causes.
+  std::vector<RootCause> all = events_;
+  for (const Fate& f : log_.fates) {
+    if (f.state != RankState::Failed) continue;
+    all.emplace_back(CauseKind::Worker, f.code() > 0 ? f.code() : 1,
+                     "rank " + std::to_string(f.rank) + " on node " + std::to_string(f.node) + " (" + f.host +
+                         ", pid " + std::to_string(f.pid) + ") " + f.how(),
+                     f.node, f.t_exit);
+    all.back().fate = f;
+  }
   const bool all_ok = std::all_of(log_.fates.begin(), log_.fates.end(),
                                   [](const Fate& f) { return f.state == RankState::Succeeded; });
-  if (all.empty() && all_ok) return send_result(0, nullptr, "");
+  if (all.empty() && all_ok) return send_result(nullptr, {});
   if (all.empty()) all.emplace_back(CauseKind::Unknown, 1, "workers stopped without a recorded cause");
   // The root cause is the earliest event.
   const RootCause root =
@@ -181,17 +170,17 @@ void Coordinator::finish_round() {
              std::to_string(log_.round + 1) + "/" + std::to_string(opt_->max_restarts) + ")");
     return start_round(root.what);
   }
-  send_result(root.code, &root, format_report(root, log_.fates, root.code));
+  send_result(&root, log_.fates);
 }
 
-void Coordinator::send_result(int code, const RootCause* root, const std::string& report) {
+void Coordinator::send_result(const RootCause* root, const std::vector<Fate>& fates) {
   if (state_ == JobState::Done) return;
   state_ = JobState::Done;
   Msg m("RESULT");
-  m.set("code", code).set("report", report);
+  m.set("code", root ? root->code : 0).set("report", root ? format_report(*root, fates) : "");
   if (root) m.set("root_node", root->node).set("root_what", root->what);
   broadcast(m);
-  if (!opt_->log_dir.empty()) write_summary(opt_->log_dir, *opt_, code, root, log_);
+  if (!opt_->log_dir.empty()) write_summary(opt_->log_dir, *opt_, root, log_);
 }
 
 void Coordinator::tick(double now) {
@@ -200,13 +189,12 @@ void Coordinator::tick(double now) {
   for (size_t i = 0; i < nodes_.size(); ++i)
     if (!nodes_[i].joined) missing += (missing.empty() ? "" : ",") + std::to_string(i);
   const std::string where = opt_->rdzv_host + ":" + std::to_string(opt_->rdzv_port);
-  if (now >= rdzv_deadline_) {
-    fail_rendezvous("rendezvous timed out after " + fmt_num(opt_->rdzv_timeout) + " s: node(s) " + missing +
-                    " did not join node 0 at " + where);
-  } else if (now >= next_wait_note_) {
-    log_line("waiting for node(s) " + missing + " to join at " + where);
-    next_wait_note_ = now + 30;
-  }
+  if (now >= rdzv_deadline_)
+    return fail_rendezvous("rendezvous timed out after " + fmt_num(opt_->rdzv_timeout) + " s: node(s) " + missing +
+                           " did not join node 0 at " + where);
+  if (now < next_wait_note_) return;
+  log_line("waiting for node(s) " + missing + " to join at " + where);
+  next_wait_note_ = now + 30;
 }
 
 double Coordinator::next_deadline(double) const {

@@ -38,16 +38,13 @@ class Coordinator : public Pollable {
   void maybe_start();
   void start_round(const std::string& reason);
   void abort_round(const std::string& reason);
-  void on_signal(int node, int sig, double t);
   void finish_round();
-  std::vector<RootCause> causes() const;
-  void send_result(int code, const RootCause* root, const std::string& report);
+  void send_result(const RootCause* root, const std::vector<Fate>& fates);  // root: null on success
 
   const Options* opt_;
   Send send_;
   std::vector<Node> nodes_;
-  double rdzv_deadline_;
-  double next_wait_note_;
+  double rdzv_deadline_, next_wait_note_;
   JobState state_ = JobState::Rendezvous;
   bool no_restart_ = false;  // a signal or a lost node: restarting would not help
   std::vector<RootCause> events_;  // signals / lost nodes in this round

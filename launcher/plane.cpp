@@ -1,84 +1,21 @@
 #include "plane.hpp"
 
 #include <arpa/inet.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/socket.h>
 #include <unistd.h>
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
-#include <cstring>
 
 #include "agent.hpp"
 #include "coordinator.hpp"
 
 namespace dl {
 
-std::string Msg::get(const std::string& key, const std::string& fallback) const {
-  for (const auto& p : kv)
-    if (p.first == key) return p.second;
-  return fallback;
-}
-
-long long Msg::get_int(const std::string& key, long long fallback) const {
-  long long v = 0;
-  return parse_int(get(key), &v) ? v : fallback;
-}
-
-double Msg::get_num(const std::string& key, double fallback) const {
-  double v = 0;
-  return parse_double(get(key), &v) ? v : fallback;
-}
-
 namespace {
 
 constexpr size_t kMaxLine = 1 << 20;
 constexpr double kRetry = 0.5;  // seconds between connection attempts to node 0
-
-std::string pct_encode(const std::string& s) {
-  static const char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || (c && std::strchr("._-:/,@+", c))) out += static_cast<char>(c);
-    else out += {'%', kHex[c >> 4], kHex[c & 15]};
-  }
-  return out;
-}
-
-bool pct_decode(const std::string& s, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < s.size(); ++i) {
-    const std::string hex = s[i] == '%' ? s.substr(i + 1, 2) : "";
-    if (s[i] == '%' && (hex.size() != 2 || !std::isxdigit(static_cast<unsigned char>(hex[0])) ||
-                        !std::isxdigit(static_cast<unsigned char>(hex[1]))))
-      return false;
-    *out += s[i] == '%' ? static_cast<char>(std::stoi(hex, nullptr, 16)) : s[i];
-    i += hex.size();
-  }
-  return true;
-}
-
-std::string encode_msg(const Msg& m) {  // one line, with '\n'
-  std::string out = pct_encode(m.type);
-  for (const auto& p : m.kv) out += " " + pct_encode(p.first) + "=" + pct_encode(p.second);
-  return out + "\n";
-}
-
-bool decode_msg(const std::string& line, Msg* out) {  // line without '\n'
-  *out = Msg{};
-  const std::vector<std::string> parts = split(line, ' ');
-  if (parts[0].empty() || !pct_decode(parts[0], &out->type)) return false;
-  for (size_t i = 1; i < parts.size(); ++i) {
-    const size_t eq = parts[i].find('=');
-    std::string k, v;
-    if (eq == std::string::npos || !pct_decode(parts[i].substr(0, eq), &k) || !pct_decode(parts[i].substr(eq + 1), &v))
-      return false;
-    out->kv.emplace_back(k, v);
-  }
-  return true;
-}
 
 // One TCP connection with buffered, non-blocking I/O, and the heartbeats that keep it alive.
 class Conn {
@@ -94,12 +31,12 @@ class Conn {
 
   int fd() const { return fd_; }
   bool wants_write() const { return !out_.empty(); }
-  bool closed() const { return closed_; }
+  bool closed() const { return !reason_.empty(); }
   const std::string& close_reason() const { return reason_; }
   pollfd pollfd_in() const { return pollfd{fd_, static_cast<short>(POLLIN | (wants_write() ? POLLOUT : 0)), 0}; }
 
   void send(const Msg& m) {
-    if (closed_) return;
+    if (closed()) return;
     out_ += encode_msg(m);
     last_sent_ = mono_now();
     on_writable();
@@ -112,7 +49,7 @@ class Conn {
   }
 
   void on_writable() {
-    while (!out_.empty() && !closed_) {
+    while (!out_.empty() && !closed()) {
       const ssize_t n = ::send(fd_, out_.data(), out_.size(), MSG_NOSIGNAL);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
@@ -124,20 +61,14 @@ class Conn {
   // Reads what is available; appends complete messages. Sets closed() on EOF / error / garbage.
   void on_readable(std::vector<Msg>* msgs) {
     char buf[65536];
-    for (;;) {  // also when closed for sending: what the peer said before it went still counts
-      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-      if (n <= 0) {
-        fail(n == 0 ? "connection closed by peer" : std::string("recv: ") + errno_text(errno));
-        break;
-      }
-      in_.append(buf, static_cast<size_t>(n));
-      if (in_.size() > kMaxLine && in_.find('\n') == std::string::npos) {
-        fail("oversized message");
-        break;
-      }
+    ssize_t n;  // also when closed for sending: what the peer said before it went still counts
+    while ((n = ::recv(fd_, buf, sizeof buf, 0)) > 0 || (n < 0 && errno == EINTR)) {
+      if (n > 0) in_.append(buf, static_cast<size_t>(n));
+      if (in_.size() > kMaxLine && in_.find('\n') == std::string::npos) break;
     }
+    if (n > 0) fail("oversized message");
+    else if (n == 0) fail("connection closed by peer");
+    else if (errno != EAGAIN && errno != EWOULDBLOCK) fail(std::string("recv: ") + errno_text(errno));
     size_t start = 0;
     for (size_t nl; (nl = in_.find('\n', start)) != std::string::npos; start = nl + 1) {
       Msg m;
@@ -157,90 +88,37 @@ class Conn {
   }
 
  private:
-  void fail(const std::string& why) {
-    if (!closed_) reason_ = why;
-    closed_ = true;
+  void fail(const std::string& why) {  // the first reason stays
+    if (reason_.empty()) reason_ = why;
   }
   int fd_;
   std::string in_, out_;
-  bool closed_ = false;
-  std::string reason_;
-  double last_heard_ = 0;  // mono time of the last message received
-  double last_sent_ = 0;   // mono time of the last message queued
+  std::string reason_;  // why it closed; empty while open
+  double last_heard_ = 0, last_sent_ = 0;  // mono time of the last message received / queued
 };
 
-bool is_numeric_ip(const std::string& host) {
-  in6_addr a6;
-  in_addr a4;
-  return inet_pton(AF_INET, host.c_str(), &a4) == 1 || inet_pton(AF_INET6, host.c_str(), &a6) == 1;
-}
-
-// Resolves host (name or numeric, IPv4 or IPv6; empty: every interface) and port.
-bool resolve(const std::string& host, int port, sockaddr_storage* addr, socklen_t* len, std::string* error) {
-  auto* a = reinterpret_cast<sockaddr_in*>(addr);
-  *a = sockaddr_in{};
-  a->sin_family = AF_INET;
-  a->sin_port = htons(static_cast<uint16_t>(port));
-  *len = sizeof(sockaddr_in);
-  if (host.empty()) return true;  // INADDR_ANY
-  addrinfo hints{}, *res = nullptr;
-  hints.ai_socktype = SOCK_STREAM;
-  const int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
-  if (rc != 0 || !res) return fail(error, "cannot resolve '" + host + "': " + gai_strerror(rc));
-  addrinfo* pick = res;  // prefer IPv4 (what MASTER_ADDR usually names), else the first answer
-  while (pick->ai_family != AF_INET && pick->ai_next) pick = pick->ai_next;
-  if (pick->ai_family != AF_INET) pick = res;
-  std::memcpy(addr, pick->ai_addr, pick->ai_addrlen);
-  *len = pick->ai_addrlen;
-  freeaddrinfo(res);
-  return true;
-}
-
-// A non-blocking TCP socket for host:port, with its address in *addr (-1 with *error).
-int open_socket(const std::string& host, int port, sockaddr_storage* addr, socklen_t* len, std::string* error) {
-  if (!resolve(host, port, addr, len, error)) return -1;
-  const int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) *error = "socket: " + errno_text(errno);
-  return fd;
-}
-
-int listen_on(const std::string& host, int port, std::string* error) {
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-  const int fd = open_socket(host, port, &addr, &len, error);
-  int one = 1;
-  if (fd < 0) return -1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) == 0 && ::listen(fd, 128) == 0) return fd;
-  *error = errno_text(errno);
-  ::close(fd);
-  return -1;
-}
-
-class TcpHub final : public Hub {
+class Hub final : public Plane {
  public:
-  TcpHub(const Options* opt, Coordinator* coord, int listen_fd) : opt_(opt), coord_(coord), listen_fd_(listen_fd) {}
-  ~TcpHub() override { close(listen_fd_); }
+  Hub(const Options* opt, Coordinator* coord, int listen_fd) : opt_(opt), coord_(coord), listen_fd_(listen_fd) {}
+  ~Hub() override { close(listen_fd_); }
 
   void send(int node, const Msg& m) override {
-    if (Peer* p = find(node)) p->conn->send(m);
+    for (Peer& p : peers_)
+      if (p.conn && p.node == node) return p.conn->send(m);
   }
 
+  // The peers, then the listening socket until the result is out.
   void add_pollfds(std::vector<pollfd>* fds) override {
     peers_.erase(std::remove_if(peers_.begin(), peers_.end(), [](const Peer& p) { return !p.conn; }), peers_.end());
-    listen_polled_ = !coord_->result_sent();
-    if (listen_polled_) fds->push_back(pollfd{listen_fd_, POLLIN, 0});
     for (const Peer& p : peers_) fds->push_back(p.conn->pollfd_in());
     polled_ = peers_.size();
+    if (!coord_->result_sent()) fds->push_back(pollfd{listen_fd_, POLLIN, 0});
   }
 
   void on_poll(const pollfd* fds, size_t n) override {
-    const size_t first = listen_polled_ ? 1 : 0;
-    std::vector<std::pair<int, std::string>> lost;
-    for (size_t i = 0; i < polled_ && first + i < n; ++i)  // before accepting: peers_ may grow
-      if (fds[first + i].revents && peers_[i].conn) on_events(peers_[i], fds[first + i].revents, &lost);
-    for (const auto& l : lost) drop(l.first, l.second);
-    while (first && fds[0].revents) {
+    for (size_t i = 0; i < polled_ && i < n; ++i)  // before accepting: peers_ may grow
+      if (fds[i].revents && peers_[i].conn) on_events(peers_[i], fds[i].revents);
+    while (n > polled_ && fds[polled_].revents) {
       const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd < 0) return;
       peers_.emplace_back();
@@ -250,12 +128,11 @@ class TcpHub final : public Hub {
   }
 
   void tick(double now) override {
-    std::vector<int> silent;
     for (Peer& p : peers_) {
       if (p.conn && p.node < 0 && now >= p.deadline) p.conn.reset();
-      if (p.conn && p.node >= 0 && !p.conn->heartbeat(now, *opt_)) silent.push_back(p.node);
+      if (p.conn && p.node >= 0 && !p.conn->heartbeat(now, *opt_))
+        drop(p, "no heartbeat for " + fmt_num(opt_->heartbeat_timeout) + " s");
     }
-    for (int node : silent) drop(node, "no heartbeat for " + fmt_num(opt_->heartbeat_timeout) + " s");
   }
 
   double next_deadline(double now) const override {
@@ -294,17 +171,9 @@ class TcpHub final : public Hub {
     bool refused = false;
   };
 
-  Peer* find(int node) {
-    for (Peer& p : peers_)
-      if (p.conn && p.node == node) return &p;
-    return nullptr;
-  }
-
-  void drop(int node, const std::string& why) {
-    Peer* p = find(node);
-    if (!p) return;
-    p->conn.reset();
-    coord_->node_lost(node, why);
+  void drop(Peer& p, const std::string& why) {  // why must not live in p.conn, which goes first
+    p.conn.reset();
+    coord_->node_lost(p.node, why);
   }
 
   void on_hello(Peer& p, const Msg& hello) {
@@ -323,7 +192,7 @@ class TcpHub final : public Hub {
     if (fatal) coord_->fail_rendezvous("inconsistent nodes: " + why);
   }
 
-  void on_events(Peer& p, short revents, std::vector<std::pair<int, std::string>>* lost) {
+  void on_events(Peer& p, short revents) {
     if (p.refused) {  // only the REJECT still has to go out
       if (revents & POLLOUT) p.conn->on_writable();
       if (!p.conn->wants_write()) p.conn.reset();
@@ -335,49 +204,60 @@ class TcpHub final : public Hub {
     for (const Msg& m : msgs)
       if (m.type != "HB") coord_->handle(p.node, m);
     if (p.conn->closed() && p.node < 0) p.conn.reset();
-    else if (p.conn->closed()) lost->emplace_back(p.node, p.conn->close_reason());  // a copy: drop() frees it
+    else if (p.conn->closed()) drop(p, std::string(p.conn->close_reason()));
   }
 
   const Options* opt_;
   Coordinator* coord_;
   int listen_fd_;
-  bool listen_polled_ = false;
-  size_t polled_ = 0;  // peers_ polled by the last add_pollfds, after the listening socket
+  size_t polled_ = 0;  // peers_ polled by the last add_pollfds, before the listening socket
   std::vector<Peer> peers_;
 };
 
-class TcpUplink final : public Uplink {
+class Uplink final : public Plane {
  public:
-  TcpUplink(const Options* opt, Agent* agent, std::string hostname)
+  Uplink(const Options* opt, Agent* agent, std::string hostname)
       : opt_(opt), agent_(agent), hostname_(std::move(hostname)), deadline_(mono_now() + opt->rdzv_timeout),
         next_note_(mono_now() + 5) {}
 
-  void send(const Msg& m) override {
-    if (state_ == Joined && conn_) conn_->send(m);
+  void send(int /*node*/, const Msg& m) override {
+    if (state_ == Joined) conn_->send(m);
   }
 
   void add_pollfds(std::vector<pollfd>* fds) override {
-    if (conn_ && (state_ == Connecting || state_ == Handshake || state_ == Joined))
+    if (conn_)  // connecting, shaking hands or joined
       fds->push_back(state_ == Connecting ? pollfd{conn_->fd(), POLLOUT, 0} : conn_->pollfd_in());
   }
 
   void on_poll(const pollfd* fds, size_t n) override {
     if (n == 0 || !fds[0].revents || !conn_) return;
-    if (state_ == Connecting) return on_connected();
+    if (state_ == Connecting) {  // connected, or failed to
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (getsockopt(conn_->fd(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (err != 0) return retry(errno_text(err));
+      state_ = Handshake;
+      Msg hello("HELLO");
+      hello.set("proto", kProtocolName).set("version", kProtocolVersion).set("run", opt_->run_id);
+      hello.set("nnodes", opt_->nnodes).set("node", opt_->node_rank).set("nproc", opt_->nproc_per_node);
+      return conn_->send(hello.set("max_restarts", opt_->max_restarts).set("host", hostname_));
+    }
     std::vector<Msg> msgs;
     conn_->on_events(fds[0].revents, &msgs);
     for (const Msg& m : msgs) {
-      on_message(m);
-      if (state_ == Gone) return;
+      if (state_ == Handshake && m.type == "WELCOME") {
+        state_ = Joined;
+        agent_->coordinator_joined();
+      } else if (state_ == Handshake && m.type == "REJECT") {
+        return give_up("node 0 refused this node: " + m.get("reason"));
+      } else if (m.type != "HB" && m.type != "WELCOME") {
+        agent_->handle(m);  // START, ABORT, RESULT
+      }
     }
     if (conn_ && conn_->closed() && !agent_->finished()) {
       const std::string why = conn_->close_reason();
-      if (state_ == Handshake) {  // node 0 may be restarting: try again until the deadline
-        conn_.reset();
-        retry(why);
-      } else if (state_ == Joined) {
-        lost("lost the connection to node 0 (" + why + ")");
-      }
+      if (state_ == Handshake) retry(why);  // node 0 may be restarting: retry until the deadline
+      else if (state_ == Joined) lost("lost the connection to node 0 (" + why + ")");
     }
   }
 
@@ -388,9 +268,8 @@ class TcpUplink final : public Uplink {
     if (state_ == Joined || state_ == Gone) return;
     const std::string where = opt_->rdzv_host + ":" + std::to_string(opt_->rdzv_port);
     if (now >= deadline_)
-      return give_up(kExitRendezvous, "could not join node 0 at " + where + " within " +
-                                          fmt_num(opt_->rdzv_timeout) + " s" +
-                                          (last_error_.empty() ? "" : " (last error: " + last_error_ + ")"));
+      return give_up("could not join node 0 at " + where + " within " + fmt_num(opt_->rdzv_timeout) + " s" +
+                     (last_error_.empty() ? "" : " (last error: " + last_error_ + ")"));
     if (now >= next_note_) {
       log_line("waiting for node 0 at " + where + (last_error_.empty() ? "" : " (" + last_error_ + ")"));
       next_note_ = now + 30;
@@ -414,56 +293,27 @@ class TcpUplink final : public Uplink {
     std::string err;
     const int fd = open_socket(opt_->rdzv_host, opt_->rdzv_port, &addr, &len, &err);
     if (fd < 0) return retry(err);
-    if (!opt_->local_addr.empty() && (!resolve(opt_->local_addr, 0, &local, &local_len, &err) ||
-                                      bind(fd, reinterpret_cast<sockaddr*>(&local), local_len) != 0)) {
-      if (err.empty()) err = "cannot bind to --local-addr " + opt_->local_addr + ": " + errno_text(errno);
-      ::close(fd);
-      return give_up(kExitRendezvous, err);
-    }
-    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 && errno != EINPROGRESS) {
-      err = errno_text(errno);
-      ::close(fd);
-      return retry(err);
-    }
     conn_ = std::make_unique<Conn>(fd);
+    if (!opt_->local_addr.empty() && (!resolve(opt_->local_addr, 0, &local, &local_len, &err) ||
+                                      bind(fd, reinterpret_cast<sockaddr*>(&local), local_len) != 0))
+      return give_up(!err.empty() ? err
+                                  : "cannot bind to --local-addr " + opt_->local_addr + ": " + errno_text(errno));
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 && errno != EINPROGRESS)
+      return retry(errno_text(errno));
     state_ = Connecting;
   }
 
-  void on_connected() {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(conn_->fd(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    if (err != 0) conn_.reset();
-    if (err != 0) return retry(errno_text(err));
-    state_ = Handshake;
-    Msg hello("HELLO");
-    hello.set("proto", kProtocolName).set("version", kProtocolVersion).set("run", opt_->run_id);
-    hello.set("nnodes", opt_->nnodes).set("node", opt_->node_rank).set("nproc", opt_->nproc_per_node);
-    hello.set("max_restarts", opt_->max_restarts).set("host", hostname_);
-    conn_->send(hello);
-  }
-
-  void on_message(const Msg& m) {
-    if (state_ == Handshake && m.type == "WELCOME") {
-      state_ = Joined;
-      agent_->coordinator_joined();
-    } else if (state_ == Handshake && m.type == "REJECT") {
-      give_up(kExitRendezvous, "node 0 refused this node: " + m.get("reason"));
-    } else if (m.type != "HB" && m.type != "WELCOME") {
-      agent_->handle(m);  // START, ABORT, RESULT
-    }
-  }
-
   void retry(const std::string& error) {
+    conn_.reset();
     last_error_ = error;
     state_ = Waiting;
     next_attempt_ = mono_now() + kRetry;
   }
 
-  void give_up(int code, const std::string& why) {
+  void give_up(const std::string& why) {  // the rendezvous failed
     state_ = Gone;
     conn_.reset();
-    agent_->finish_now(code, why);
+    agent_->finish_now(kExitRendezvous, why);
   }
 
   void lost(const std::string& why) {
@@ -477,37 +327,29 @@ class TcpUplink final : public Uplink {
   const std::string hostname_;
   State state_ = Waiting;
   std::unique_ptr<Conn> conn_;  // from the first connect attempt on
-  double next_attempt_ = 0;
   const double deadline_;
-  double next_note_;
+  double next_attempt_ = 0, next_note_;
   std::string last_error_;
 };
 
 }  // namespace
 
-int probe_port(int port) {
-  std::string err;
-  const int fd = listen_on("", port, &err);
-  sockaddr_in addr{};
-  socklen_t len = sizeof addr;
-  const bool ok = fd >= 0 && getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  if (fd >= 0) ::close(fd);
-  return ok ? ntohs(addr.sin_port) : 0;
-}
-
-std::unique_ptr<Hub> start_hub(const Options* opt, Coordinator* coord, std::string* error) {
-  const std::string host = !opt->local_addr.empty() ? opt->local_addr
-                           : is_numeric_ip(opt->rdzv_host) ? opt->rdzv_host : "";
+std::unique_ptr<Plane> start_hub(const Options* opt, Coordinator* coord, std::string* error) {
+  in6_addr a6;
+  in_addr a4;
+  const bool numeric = inet_pton(AF_INET, opt->rdzv_host.c_str(), &a4) == 1 ||
+                       inet_pton(AF_INET6, opt->rdzv_host.c_str(), &a6) == 1;
+  const std::string host = !opt->local_addr.empty() ? opt->local_addr : numeric ? opt->rdzv_host : "";
   std::string err;
   const int fd = listen_on(host, opt->rdzv_port, &err);
-  if (fd >= 0) return std::make_unique<TcpHub>(opt, coord, fd);
+  if (fd >= 0) return std::make_unique<Hub>(opt, coord, fd);
   *error = "cannot listen for the other nodes on " + (host.empty() ? std::string("*") : host) + ":" +
            std::to_string(opt->rdzv_port) + ": " + err + " (choose another port with --rdzv-endpoint)";
   return nullptr;
 }
 
-std::unique_ptr<Uplink> start_uplink(const Options* opt, Agent* agent, std::string hostname) {
-  return std::make_unique<TcpUplink>(opt, agent, std::move(hostname));
+std::unique_ptr<Plane> start_uplink(const Options* opt, Agent* agent, std::string hostname) {
+  return std::make_unique<Uplink>(opt, agent, std::move(hostname));
 }
 
 }  // namespace dl

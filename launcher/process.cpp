@@ -1,6 +1,5 @@
 #include "process.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/prctl.h>
@@ -27,8 +26,7 @@ struct ChildPlan {
   std::vector<std::string> candidates;  // argv[0] resolved against PATH, in search order
   std::vector<std::string> env;         // "KEY=VALUE"
   std::vector<char*> argv, envp, paths;
-  cpu_set_t mask;
-  bool bind = false;
+  cpu_set_t mask;  // empty: leave the affinity alone
   int pipes[3][2];  // stdout, stderr, exec status (close-on-exec: EOF means the exec worked)
   int devnull = -1;
   pid_t parent = 0;
@@ -46,7 +44,7 @@ struct ChildPlan {
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);  // undo the launcher's SIG_IGN (SIGPIPE)
-  if (p.bind) sched_setaffinity(0, sizeof p.mask, &p.mask);
+  if (CPU_COUNT(&p.mask) > 0) sched_setaffinity(0, sizeof p.mask, &p.mask);
   if (p.devnull >= 0) dup2(p.devnull, 0);
   dup2(p.pipes[0][1], 1);
   dup2(p.pipes[1][1], 2);
@@ -60,23 +58,14 @@ struct ChildPlan {
   _exit(e == ENOENT || e == ENOTDIR ? 127 : 126);
 }
 
-void remove_tree(const std::string& path) {
-  if (DIR* d = ::opendir(path.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      std::string name = e->d_name, child = path + "/" + name;
-      if (name == "." || name == "..") continue;
-      struct stat st{};
-      if (::lstat(child.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(child);
-      else ::unlink(child.c_str());
-    }
-    ::closedir(d);
+void remove_tree(const std::string& path) {  // without following symbolic links
+  for (const std::string& name : list_dir(path)) {
+    const std::string child = path + "/" + name;
+    struct stat st{};
+    if (::lstat(child.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(child);
+    else ::unlink(child.c_str());
   }
   ::rmdir(path.c_str());
-}
-
-void set_nonblocking(int fd) {
-  int fl = fcntl(fd, F_GETFL);
-  if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
 void signal_group(pid_t pgid, int sig) {
@@ -86,25 +75,22 @@ void signal_group(pid_t pgid, int sig) {
 // Direct children of this process other than `keep` (orphans re-parented to us as subreaper).
 std::vector<pid_t> list_children(pid_t keep) {
   std::vector<pid_t> out;
-  const pid_t self = getpid();
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
+  for (const std::string& name : list_dir("/proc")) {
     long long pid = 0, ppid = 0;
     std::string stat;
-    if (!parse_int(e->d_name, &pid) || !read_text_file("/proc/" + std::string(e->d_name) + "/stat", &stat)) continue;
+    if (!parse_int(name, &pid) || !read_text_file("/proc/" + name + "/stat", &stat)) continue;
     // "pid (comm) state ppid ...": comm may contain spaces and parentheses, so parse after the last ')'.
     const size_t rp = stat.rfind(')');
     if (rp == std::string::npos) continue;
     std::vector<std::string> fields = split(trim(stat.substr(rp + 1)), ' ');
-    if (fields.size() >= 2 && parse_int(fields[1], &ppid) && ppid == self && pid != keep)
+    if (fields.size() >= 2 && parse_int(fields[1], &ppid) && ppid == getpid() && pid != keep)
       out.push_back(static_cast<pid_t>(pid));
   }
-  closedir(d);
   return out;
 }
 
-// The guardian: reads "+pgid" / "-pgid" lines; on EOF without "q" (the launcher died, even by
+// The guardian: reads pgids from the launcher (each write is one pid_t: a worker's group, minus it
+// when its leader exited, 0 on a clean exit); on EOF before the 0 (the launcher died, even by
 // SIGKILL) it SIGKILLs every group it knows and removes the launcher's temporary directory.
 [[noreturn]] void guardian_main(int fd, const std::string& temp_dir) {
   setpgid(0, 0);  // survives the launcher (no parent-death signal), ignores terminal signals
@@ -115,26 +101,16 @@ std::vector<pid_t> list_children(pid_t keep) {
     if (other != fd && other != devnull) close(other);
   for (int std_fd = 0; devnull >= 0 && std_fd <= 2; ++std_fd) dup2(devnull, std_fd);
   std::set<pid_t> groups;
-  std::string buf;
-  char chunk[512];
-  bool clean = false;
-  while (!clean) {
-    ssize_t n = read(fd, chunk, sizeof chunk);
+  for (pid_t v = 0;;) {  // writes this small are atomic: a read gets whole records
+    const ssize_t n = read(fd, &v, sizeof v);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    buf.append(chunk, static_cast<size_t>(n));
-    for (size_t nl; (nl = buf.find('\n')) != std::string::npos; buf.erase(0, nl + 1)) {
-      const std::string line = buf.substr(0, nl);
-      long long v = 0;
-      if (line == "q") clean = true;
-      else if (line.size() > 1 && parse_int(line.substr(1), &v) && v > 1 && line[0] == '+') groups.insert(pid_t(v));
-      else if (line.size() > 1 && parse_int(line.substr(1), &v)) groups.erase(pid_t(v));
-    }
+    if (n != sizeof v) break;
+    if (v == 0) _exit(0);
+    if (v > 1) groups.insert(v);
+    else groups.erase(-v);
   }
-  if (!clean) {
-    for (pid_t g : groups) kill(-g, SIGKILL);
-    if (!temp_dir.empty()) remove_tree(temp_dir);
-  }
+  for (pid_t g : groups) kill(-g, SIGKILL);
+  if (!temp_dir.empty()) remove_tree(temp_dir);
   _exit(0);
 }
 
@@ -143,14 +119,11 @@ std::vector<pid_t> list_children(pid_t keep) {
 SpawnResult spawn_worker(const std::vector<std::string>& argv, const EnvMap& env, const std::set<int>& cpus) {
   SpawnResult res;
   ChildPlan p;
-  const std::string& prog = argv[0];
   const std::string path = env_get(env, "PATH");
-  if (prog.find('/') != std::string::npos) {
-    p.candidates.push_back(prog);
-  } else {
-    for (const std::string& dir : split(path.empty() ? "/usr/local/bin:/usr/bin:/bin" : path, ':'))
-      p.candidates.push_back((dir.empty() ? "." : dir) + "/" + prog);
-  }
+  const bool search = argv[0].find('/') == std::string::npos;  // a name, not a path
+  for (const std::string& dir : split(path.empty() ? "/usr/local/bin:/usr/bin:/bin" : path, ':'))
+    if (search) p.candidates.push_back((dir.empty() ? "." : dir) + "/" + argv[0]);
+  if (!search) p.candidates.push_back(argv[0]);
   for (const auto& kv : env) p.env.push_back(kv.first + "=" + kv.second);
   p.argv = c_strings(argv);
   p.envp = c_strings(p.env);
@@ -158,7 +131,6 @@ SpawnResult spawn_worker(const std::vector<std::string>& argv, const EnvMap& env
   CPU_ZERO(&p.mask);
   for (int c : cpus)
     if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &p.mask);
-  p.bind = !cpus.empty();
   for (int i = 0; i < 3; ++i)
     if (pipe2(p.pipes[i], O_CLOEXEC) != 0) {
       res.error = "pipe: " + errno_text(errno);
@@ -179,16 +151,14 @@ SpawnResult spawn_worker(const std::vector<std::string>& argv, const EnvMap& env
   // Blocks only until the child's exec succeeds (close-on-exec gives EOF) or fails (errno arrives).
   int child_errno = 0;
   ssize_t n;
-  do {
-    n = read(p.pipes[2][0], &child_errno, sizeof child_errno);
-  } while (n < 0 && errno == EINTR);
+  while ((n = read(p.pipes[2][0], &child_errno, sizeof child_errno)) < 0 && errno == EINTR) {
+  }
   close(p.pipes[2][0]);
   res.pid = pid;
   res.exec_errno = n == static_cast<ssize_t>(sizeof child_errno) ? child_errno : 0;
   res.out_fd = p.pipes[0][0];
   res.err_fd = p.pipes[1][0];
-  set_nonblocking(res.out_fd);
-  set_nonblocking(res.err_fd);
+  for (int fd : {res.out_fd, res.err_fd}) fcntl(fd, F_SETFL, O_NONBLOCK);  // no other flags to keep
   return res;
 }
 
@@ -209,19 +179,19 @@ bool Teardown::start(const std::string& temp_dir) {
   return true;
 }
 
-void Teardown::tell_guardian(const std::string& line) {
-  if (guardian_fd_ >= 0) write_all(guardian_fd_, line.data(), line.size());
+void Teardown::tell_guardian(pid_t v) {
+  if (guardian_fd_ >= 0) write_all(guardian_fd_, &v, sizeof v);
 }
 
 void Teardown::watch(pid_t pgid) {
   groups_.insert(pgid);
-  tell_guardian("+" + std::to_string(pgid) + "\n");
+  tell_guardian(pgid);
 }
 
 void Teardown::exited(pid_t pgid) {
   signal_group(pgid, SIGKILL);
   groups_.erase(pgid);
-  tell_guardian("-" + std::to_string(pgid) + "\n");
+  tell_guardian(-pgid);
 }
 
 void Teardown::signal_all(int sig) {
@@ -245,7 +215,7 @@ void Teardown::sweep(double max_seconds) {
 void Teardown::finish() {
   signal_all(SIGKILL);
   sweep(2.0);
-  tell_guardian("q\n");
+  tell_guardian(0);
   if (guardian_fd_ >= 0) close(guardian_fd_);
   guardian_fd_ = -1;
   const double deadline = mono_now() + 2;

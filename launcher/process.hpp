@@ -15,8 +15,7 @@ namespace dl {
 
 struct SpawnResult {
   pid_t pid = -1;         // -1: fork failed (see error)
-  int out_fd = -1;        // read ends of the worker's stdout / stderr pipes (non-blocking)
-  int err_fd = -1;
+  int out_fd = -1, err_fd = -1;  // read ends of the worker's stdout / stderr pipes (non-blocking)
   int exec_errno = 0;     // non-zero: the command could not be executed (the child exits 126/127)
   std::string error;
 };
@@ -39,7 +38,7 @@ class Teardown {
   void finish();
 
  private:
-  void tell_guardian(const std::string& line);
+  void tell_guardian(pid_t v);  // see guardian_main in process.cpp
   std::set<pid_t> groups_;
   std::string temp_dir_;
   pid_t guardian_ = -1;

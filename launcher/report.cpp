@@ -6,8 +6,6 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "output.hpp"
-
 namespace dl {
 
 namespace {
@@ -45,17 +43,6 @@ bool read_json_string(const std::string& text, size_t i, std::string* out) {
 }
 
 const char* rank_state_name(RankState s) { return kStateNames[static_cast<int>(s)]; }
-
-bool write_file_atomic(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return false;
-  const bool ok = write_all(fd, text.data(), text.size());
-  ::close(fd);
-  if (ok && ::rename(tmp.c_str(), path.c_str()) == 0) return true;
-  ::unlink(tmp.c_str());
-  return false;
-}
 
 }  // namespace
 
@@ -102,8 +89,8 @@ std::string Fate::json() const {
   return s + "}";
 }
 
-std::string format_report(const RootCause& root, const std::vector<Fate>& fates, int code) {
-  std::string out = "job failed, exit code " + std::to_string(code) + "\n";
+std::string format_report(const RootCause& root, const std::vector<Fate>& fates) {
+  std::string out = "job failed, exit code " + std::to_string(root.code) + "\n";
   const bool worker = root.kind == CauseKind::Worker;
   if (worker) {
     const Fate& f = root.fate;
@@ -129,28 +116,30 @@ std::string format_report(const RootCause& root, const std::vector<Fate>& fates,
   return out;
 }
 
-void write_summary(const std::string& dir, const Options& opt, int code, const RootCause* root, const RunLog& log) {
+void write_summary(const std::string& dir, const Options& opt, const RootCause* root, const RunLog& log) {
   auto num = [](long long v) { return std::to_string(v); };
   std::string out = "{\n  \"launcher\": \"detlite-launch\",\n  \"run_id\": " + json_escape(opt.run_id) +
-                    ",\n  \"exit_code\": " + num(code) + ",\n  \"nnodes\": " + num(opt.nnodes) +
+                    ",\n  \"exit_code\": " + num(root ? root->code : 0) + ",\n  \"nnodes\": " + num(opt.nnodes) +
                     ",\n  \"node_rank\": " + num(opt.node_rank) + ",\n  \"world_size\": " + num(log.world_size) +
                     ",\n  \"rounds\": " + num(log.round + 1) + ",\n  \"max_restarts\": " + num(opt.max_restarts) +
                     ",\n  \"root_cause\": ";
-  if (root) {
+  if (root)
     out += "{\"kind\": " + json_escape(kCauseNames[static_cast<int>(root->kind)]) + ", \"code\": " + num(root->code) +
-           ", \"node\": " + num(root->node) + ", \"what\": " + json_escape(root->what);
-    if (root->kind == CauseKind::Worker) out += ", \"rank\": " + root->fate.json();
-    out += "},\n";
-  } else {
-    out += "null,\n";
-  }
-  out += "  \"restarts\": " + json_list(log.restarts) + ",\n  \"ranks\": [\n";
+           ", \"node\": " + num(root->node) + ", \"what\": " + json_escape(root->what) +
+           (root->kind == CauseKind::Worker ? ", \"rank\": " + root->fate.json() : "") + "}";
+  out += std::string(root ? "" : "null") + ",\n  \"restarts\": " + json_list(log.restarts) + ",\n  \"ranks\": [\n";
   const std::vector<Fate> fates = by_rank(log.fates);
   for (size_t i = 0; i < fates.size(); ++i) out += "    " + fates[i].json() + (i + 1 < fates.size() ? ",\n" : "\n");
   out += "  ]\n}\n";
   const std::string path =
       dir + (opt.node_rank == 0 ? "/summary.json" : "/summary-node" + num(opt.node_rank) + ".json");
-  if (!write_file_atomic(path, out)) log_line("warning: cannot write " + path);
+  const std::string tmp = path + ".tmp." + num(::getpid());  // written whole, then renamed
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const bool ok = fd >= 0 && write_all(fd, out.data(), out.size());
+  if (fd >= 0) ::close(fd);
+  if (ok && ::rename(tmp.c_str(), path.c_str()) == 0) return;
+  ::unlink(tmp.c_str());
+  log_line("warning: cannot write " + path);
 }
 
 std::string error_file_message(const std::string& path) {

@@ -9,14 +9,9 @@
 
 namespace dl {
 
-enum class RankState {
-  NotStarted,
-  Running,
-  Succeeded,
-  Failed,      // exited non-zero or died on its own
-  Terminated,  // stopped by the launcher
-  Lost,        // its node disappeared
-};
+// Failed: exited non-zero or died on its own; Terminated: stopped by the launcher; Lost: its node
+// disappeared.
+enum class RankState { NotStarted, Running, Succeeded, Failed, Terminated, Lost };
 
 struct Fate {
   Fate() = default;
@@ -43,30 +38,28 @@ struct Fate {
 enum class CauseKind { Worker, Signal, Lost, Rendezvous, Unknown, ReportedByNode0 };
 
 struct RootCause {
-  RootCause() = default;
   RootCause(CauseKind kind_, int code_, std::string what_, int node_ = -1, double t_ = 0)
       : kind(kind_), t(t_), code(code_), node(node_), what(std::move(what_)) {}
   CauseKind kind = CauseKind::Unknown;
   double t = 0;      // wall clock: the earliest candidate is the root cause
-  int code = 1;
-  int node = -1;
+  int code = 1, node = -1;
   std::string what;  // one-line description
   Fate fate;         // for CauseKind::Worker
 };
 
 // Multi-line report of a failed run (printed by every node, each line prefixed by the caller).
-std::string format_report(const RootCause& root, const std::vector<Fate>& fates, int code);
+std::string format_report(const RootCause& root, const std::vector<Fate>& fates);
 
 // The run as one node saw it: node 0's coordinator (every rank) or another node's agent (its own).
 struct RunLog {
-  int round = -1;  // the latest round (0 first)
-  int world_size = 0;
+  int round = -1, world_size = 0;  // the latest round (0 first)
   std::vector<std::string> restarts;  // one line per restarted round
   std::vector<Fate> fates;            // the latest round's
 };
 
 // DIR/summary.json on node 0, DIR/summary-node<n>.json elsewhere; a warning when it cannot be written.
-void write_summary(const std::string& dir, const Options& opt, int code, const RootCause* root, const RunLog& log);
+// The exit code is the root cause's, 0 without one.
+void write_summary(const std::string& dir, const Options& opt, const RootCause* root, const RunLog& log);
 
 // The "message" of a torchelastic error file ({"message": {"message": "...", ...}} or a string); ""
 // when there is none or the file cannot be read.

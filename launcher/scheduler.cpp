@@ -1,4 +1,4 @@
-#include "scheduler.hpp"
+#include "args.hpp"
 
 namespace dl {
 
@@ -27,17 +27,14 @@ bool expand_ranges(const std::string& body, const std::string& pat, std::vector<
   return true;
 }
 
-// One host pattern without top-level commas: literal text and bracket groups, the leftmost group
-// varying slowest.
+// One host pattern without top-level commas, its brackets balanced (checked by expand_hostlist):
+// literal text and bracket groups, the leftmost group varying slowest.
 bool expand_pattern(const std::string& pat, std::vector<std::string>* out, std::string* error) {
   std::vector<std::string> acc{""};
   for (size_t i = 0; i < pat.size();) {
-    const size_t open = pat.find_first_of("[]", i);
+    const size_t open = pat.find('[', i), close = pat.find(']', open);
     for (std::string& a : acc) a += pat.substr(i, open - i);
     if (open == std::string::npos) break;
-    const size_t close = pat.find(']', open);
-    if (pat[open] == ']') return fail(error, "unexpected ']' in '" + pat + "'");
-    if (close == std::string::npos) return fail(error, "unbalanced '[' in '" + pat + "'");
     const std::string body = pat.substr(open + 1, close - open - 1);
     if (body.find('[') != std::string::npos) return fail(error, "nested '[' in '" + pat + "'");
     std::vector<std::string> choices, next;
@@ -68,7 +65,7 @@ bool detect_slurm(const EnvMap& env, SchedulerInfo* info, std::string* error) {
   // once, on the first node, with a special step id.
   long long step = 0, nnodes = 0, ntasks = 0;
   if (!parse_int(first_set(env, {"SLURM_STEP_ID", "SLURM_STEPID"}), &step) || step < 0 || step >= 0xFFFFFFF0LL ||
-      !env_has(env, "SLURM_NODEID"))
+      !env.count("SLURM_NODEID"))
     return true;
   parse_int(first_set(env, {"SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES"}), &nnodes);
   const long long node = env_int(env, "SLURM_NODEID", -1);
@@ -93,26 +90,6 @@ bool detect_slurm(const EnvMap& env, SchedulerInfo* info, std::string* error) {
     // Distinct jobs sharing a node get distinct control ports, below the ephemeral range.
     info->rdzv_port = 20000 + static_cast<int>((job * 16 + step) % 9000);
   }
-  return true;
-}
-
-bool detect_mpi(const EnvMap& env, SchedulerInfo* info, std::string* error) {
-  const bool ompi = env_has(env, "OMPI_COMM_WORLD_SIZE");
-  if (!ompi && !(env_has(env, "PMI_SIZE") && env_has(env, "PMI_RANK"))) return true;
-  const std::string name = ompi ? "openmpi" : "mpich", size_key = ompi ? "OMPI_COMM_WORLD_SIZE" : "PMI_SIZE",
-                    rank_key = ompi ? "OMPI_COMM_WORLD_RANK" : "PMI_RANK";
-  const long long size = env_int(env, size_key, -1), rank = env_int(env, rank_key, -1);
-  const long long local = env_int(env, ompi ? "OMPI_COMM_WORLD_LOCAL_SIZE" : "MPI_LOCALNRANKS", 1);
-  if (size < 1 || rank < 0 || rank >= size)
-    return fail(error, name + " environment is inconsistent (" + size_key + "=" + env_get(env, size_key) + ", " +
-                           rank_key + "=" + env_get(env, rank_key) + ")");
-  if (local != 1)
-    return fail(error, "mpirun started " + std::to_string(local) + " processes on this node; detlite-launch "
-                           "wants one per node (e.g. mpirun --map-by ppr:1:node) and starts the workers itself");
-  info->name = name;
-  info->nnodes = static_cast<int>(size);
-  info->node_rank = static_cast<int>(rank);
-  info->run_id = first_set(env, {"OMPI_MCA_orte_ess_jobid", "PMIX_NAMESPACE"});
   return true;
 }
 
@@ -142,8 +119,23 @@ bool expand_hostlist(const std::string& list, std::vector<std::string>* hosts, s
 bool detect_scheduler(const EnvMap& env, SchedulerInfo* info, std::string* error) {
   *info = SchedulerInfo{};
   // mpirun inside a SLURM allocation also inherits SLURM variables; the MPI ones describe the launch.
-  if (!detect_mpi(env, info, error)) return false;
-  return !info->name.empty() || detect_slurm(env, info, error);
+  const bool ompi = env.count("OMPI_COMM_WORLD_SIZE");
+  if (!ompi && !(env.count("PMI_SIZE") && env.count("PMI_RANK"))) return detect_slurm(env, info, error);
+  const std::string name = ompi ? "openmpi" : "mpich", size_key = ompi ? "OMPI_COMM_WORLD_SIZE" : "PMI_SIZE",
+                    rank_key = ompi ? "OMPI_COMM_WORLD_RANK" : "PMI_RANK";
+  const long long size = env_int(env, size_key, -1), rank = env_int(env, rank_key, -1);
+  const long long local = env_int(env, ompi ? "OMPI_COMM_WORLD_LOCAL_SIZE" : "MPI_LOCALNRANKS", 1);
+  if (size < 1 || rank < 0 || rank >= size)
+    return fail(error, name + " environment is inconsistent (" + size_key + "=" + env_get(env, size_key) + ", " +
+                           rank_key + "=" + env_get(env, rank_key) + ")");
+  if (local != 1)
+    return fail(error, "mpirun started " + std::to_string(local) + " processes on this node; detlite-launch "
+                           "wants one per node (e.g. mpirun --map-by ppr:1:node) and starts the workers itself");
+  info->name = name;
+  info->nnodes = static_cast<int>(size);
+  info->node_rank = static_cast<int>(rank);
+  info->run_id = first_set(env, {"OMPI_MCA_orte_ess_jobid", "PMIX_NAMESPACE"});
+  return true;
 }
 
 }  // namespace dl

@@ -1,15 +1,17 @@
 #include "util.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 
 namespace dl {
 
@@ -24,10 +26,9 @@ const std::pair<int, const char*> kSignals[] = {
     {SIGXFSZ, "SIGXFSZ"}, {SIGSYS, "SIGSYS"},
 };
 
-double clock_seconds(clockid_t id) {
-  timespec ts{};
-  clock_gettime(id, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+template <typename Clock>
+double clock_seconds() {
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
 }
 
 template <typename T, typename Convert>
@@ -40,17 +41,20 @@ bool parse_whole(const std::string& s, T* out, Convert convert) {
   return true;
 }
 
+Console* g_console = nullptr;
+
+// A console that is gone (EPIPE, closed) loses the output; the launcher keeps supervising.
+void write_text(int fd, const std::string& s) { write_all(fd, s.data(), s.size()); }
+
 }  // namespace
 
-double mono_now() { return clock_seconds(CLOCK_MONOTONIC); }
-double wall_now() { return clock_seconds(CLOCK_REALTIME); }
+double mono_now() { return clock_seconds<std::chrono::steady_clock>(); }
+double wall_now() { return clock_seconds<std::chrono::system_clock>(); }
 
 std::string env_get(const EnvMap& env, const std::string& key, const std::string& fallback) {
   auto it = env.find(key);
   return it == env.end() ? fallback : it->second;
 }
-
-bool env_has(const EnvMap& env, const std::string& key) { return env.count(key) != 0; }
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> parts(1);
@@ -81,8 +85,8 @@ std::string fmt_num(double v, const char* format) {
   return b;
 }
 
-bool parse_int(const std::string& s, long long* out) {
-  return parse_whole(s, out, [](const char* p, char** end) { return std::strtoll(p, end, 10); });
+bool parse_int(const std::string& s, long long* out, int base) {
+  return parse_whole(s, out, [base](const char* p, char** end) { return std::strtoll(p, end, base); });
 }
 
 bool parse_double(const std::string& s, double* out) {
@@ -102,16 +106,12 @@ bool write_all(int fd, const void* data, size_t len) {
 }
 
 bool read_text_file(const std::string& path, std::string* out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   out->clear();
   char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    out->append(buf, static_cast<size_t>(n));
-  }
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR);)
+    if (n > 0) out->append(buf, static_cast<size_t>(n));
   ::close(fd);
   return true;
 }
@@ -123,6 +123,16 @@ bool make_dirs(const std::string& path) {
       if (::mkdir(path.substr(0, i).c_str(), 0755) != 0 && errno != EEXIST) return false;
   struct stat st{};
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::vector<std::string> list_dir(const std::string& path) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(path.c_str());
+  while (dirent* e = d ? ::readdir(d) : nullptr)
+    if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") names.push_back(e->d_name);
+  if (d) ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 std::string json_escape(const std::string& s) {
@@ -160,5 +170,69 @@ int signal_from_name(const std::string& raw) {
 }
 
 std::string errno_text(int err) { return std::strerror(err); }
+
+void Console::start() { thread_ = std::thread([this] { run(); }); }
+
+void Console::stop() {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void Console::write(int fd, std::string text) {
+  std::lock_guard<std::mutex> lock(mu_);
+  bytes_ += text.size();
+  queue_.emplace_back(fd, std::move(text));
+  cv_.notify_one();
+}
+
+size_t Console::pending() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bytes_;
+}
+
+void Console::run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty() && stopping_) return;
+    std::deque<std::pair<int, std::string>> batch;
+    batch.swap(queue_);
+    lock.unlock();
+    // Coalesce consecutive lines for the same fd into one write; each item is whole lines.
+    std::string buf;
+    int buf_fd = -1;
+    size_t done = 0;
+    for (auto& item : batch) {
+      if (item.first != buf_fd || buf.size() > (1u << 20)) {
+        if (!buf.empty()) write_text(buf_fd, buf);
+        buf.clear();
+        buf_fd = item.first;
+      }
+      buf += item.second;
+      done += item.second.size();
+    }
+    if (!buf.empty()) write_text(buf_fd, buf);
+    lock.lock();
+    bytes_ -= done;
+  }
+}
+
+void set_log_console(Console* console) { g_console = console; }
+
+void log_line(const std::string& msg) {
+  std::string text = "[detlite-launch] " + msg + "\n";
+  if (g_console) g_console->write(2, std::move(text));
+  else write_text(2, text);
+}
+
+void log_lines(const std::string& text) {
+  for (const std::string& line : split(text, '\n'))
+    if (!line.empty()) log_line(line);
+}
 
 }  // namespace dl

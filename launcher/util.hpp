@@ -1,11 +1,18 @@
-// Small helpers shared by the launcher's parts: clocks, strings, numbers, files, JSON text, signals,
-// and the interface of every part of the poll loop.
+// What the launcher's parts share: clocks, strings, numbers, files, JSON text, signals, the console
+// (whole lines on stdout/stderr, written by one thread, so lines from different ranks never
+// interleave mid-line; worker output is read and prefixed in agent.cpp) with the launcher's own log
+// lines, and the interface of every part of the poll loop.
 #pragma once
 
 #include <poll.h>
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace dl {
@@ -18,7 +25,6 @@ double wall_now();
 constexpr double kNever = 1e18;  // a deadline that does not come
 
 std::string env_get(const EnvMap& env, const std::string& key, const std::string& fallback = "");
-bool env_has(const EnvMap& env, const std::string& key);
 
 std::vector<std::string> split(const std::string& s, char sep);
 std::string trim(const std::string& s);
@@ -26,13 +32,14 @@ bool starts_with(const std::string& s, const std::string& prefix);
 std::string to_lower(std::string s);
 std::string fmt_num(double v, const char* format = "%g");  // "%g": how durations appear in messages
 // Strict number parsing: the whole string must be the number.
-bool parse_int(const std::string& s, long long* out);
+bool parse_int(const std::string& s, long long* out, int base = 10);
 bool parse_double(const std::string& s, double* out);
 
 // The one write loop: retries on EINTR and short writes; false when the fd refuses (EPIPE, closed).
 bool write_all(int fd, const void* data, size_t len);
 bool read_text_file(const std::string& path, std::string* out);
-bool make_dirs(const std::string& path);    // mkdir -p
+bool make_dirs(const std::string& path);                  // mkdir -p
+std::vector<std::string> list_dir(const std::string& path);  // sorted, without "." and ".."
 
 std::string json_escape(const std::string& s);                 // with the surrounding quotes
 std::string json_list(const std::vector<std::string>& items);  // ["a", "b"], items escaped
@@ -43,6 +50,31 @@ inline bool fail(std::string* error, const std::string& msg) {  // for `return f
   *error = msg;
   return false;
 }
+
+// The single writer of the launcher's stdout/stderr. Producers enqueue whole lines and never block;
+// the event loop stops reading worker pipes while pending() is large (back-pressure) so a slow
+// console throttles the workers instead of the launcher's heartbeats.
+class Console {
+ public:
+  void start();
+  void stop();  // flushes everything queued, then joins the thread
+  void write(int fd, std::string text);
+  size_t pending() const;
+
+ private:
+  void run();
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<int, std::string>> queue_;
+  size_t bytes_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// Launcher messages on stderr, through the console so they stay whole and ordered.
+void set_log_console(Console* console);
+void log_line(const std::string& msg);
+void log_lines(const std::string& text);  // each non-empty line of text
 
 // A part of the launcher's single-threaded event loop (signals, control plane, agent, coordinator).
 // Each turn the loop ticks every part, collects their file descriptors, polls until the earliest
