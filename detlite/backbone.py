@@ -10,6 +10,8 @@ from torch import Tensor
 
 from .config import BackboneConfig
 from .layers import (
+    INFERENCE,
+    Mode,
     Params,
     activation,
     batch_norm,
@@ -112,7 +114,7 @@ def _conv_bn(
     prefix: str,
     x: Tensor,
     cfg: BackboneConfig,
-    training: bool,
+    mode: Mode,
     momentum: float,
     *,
     stride: int = 1,
@@ -120,7 +122,7 @@ def _conv_bn(
     act: bool = True,
 ) -> Tensor:
     x = conv2d(params, prefix + ".conv", x, stride=stride, groups=groups, tf_padding=cfg.tf_padding)
-    x = batch_norm(params, prefix + ".bn", x, training=training, momentum=momentum, eps=cfg.bn_eps)
+    x = batch_norm(params, prefix + ".bn", x, mode=mode, momentum=momentum, eps=cfg.bn_eps)
     return activation(x, cfg.act) if act else x
 
 
@@ -132,18 +134,18 @@ def _squeeze_excite(params: Params, prefix: str, x: Tensor, act: str) -> Tensor:
 
 
 def _block(
-    params: Params, b: Block, x: Tensor, cfg: BackboneConfig, training: bool, momentum: float
+    params: Params, b: Block, x: Tensor, cfg: BackboneConfig, mode: Mode, momentum: float
 ) -> Tensor:
     shortcut = x
     p = b.prefix
     if b.expands:
-        x = _conv_bn(params, p + ".expand", x, cfg, training, momentum)
-    x = _conv_bn(params, p + ".dw", x, cfg, training, momentum, stride=b.stride, groups=b.mid_ch)
+        x = _conv_bn(params, p + ".expand", x, cfg, mode, momentum)
+    x = _conv_bn(params, p + ".dw", x, cfg, mode, momentum, stride=b.stride, groups=b.mid_ch)
     if b.se_ch:
         x = _squeeze_excite(params, p + ".se", x, cfg.act)
-    x = _conv_bn(params, p + ".project", x, cfg, training, momentum, act=False)
+    x = _conv_bn(params, p + ".project", x, cfg, mode, momentum, act=False)
     if b.residual:
-        x = drop_path(x, b.drop_path_rate, training) + shortcut
+        x = drop_path(x, b.drop_path_rate, mode.training) + shortcut
     return x
 
 
@@ -152,15 +154,15 @@ def forward(
     images: Tensor,
     cfg: BackboneConfig,
     *,
-    training: bool = False,
+    mode: Mode = INFERENCE,
     bn_momentum: float = _BN_MOMENTUM_DEFAULT,
 ) -> list[Tensor]:
     """C3, C4, C5 features (strides 8, 16, 32) of normalised images `[B, 3, H, W]`."""
-    x = _conv_bn(params, "backbone.stem", images, cfg, training, bn_momentum, stride=2)
+    x = _conv_bn(params, "backbone.stem", images, cfg, mode, bn_momentum, stride=2)
     features = []
     for s, stage in enumerate(blocks(cfg)):
         for b in stage:
-            x = _block(params, b, x, cfg, training, bn_momentum)
+            x = _block(params, b, x, cfg, mode, bn_momentum)
         if s in FEATURE_STAGES:
             features.append(x)
     return features

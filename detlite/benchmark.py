@@ -22,11 +22,11 @@ def benchmark(run: Run) -> dict[str, Any]:
     """Median step time and throughput of `run.cfg.benchmark` steps; printed on rank 0."""
     device = run.world.device
     times: list[float] = []
-    for step, batch in enumerate(run.batches()):
+    for step, micro_batches in enumerate(run.batches()):
         if step >= run.total_steps:
             break
         start = time.perf_counter()
-        run.step(batch, lr_at(step, run.total_steps, run.peak_lr, run.cfg.schedule))
+        run.step(micro_batches, lr_at(step, run.total_steps, run.peak_lr, run.cfg.schedule))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= BENCHMARK_WARMUP_STEPS:

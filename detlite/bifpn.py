@@ -10,6 +10,8 @@ from torch import Tensor
 
 from .config import ModelConfig, feature_sizes
 from .layers import (
+    INFERENCE,
+    Mode,
     Params,
     activation,
     batch_norm,
@@ -54,13 +56,13 @@ def _resample(
     x: Tensor,
     out_size: tuple[int, int],
     cfg: ModelConfig,
-    training: bool,
+    mode: Mode,
 ) -> Tensor:
     """Bring a feature map to `fpn_channels` (1x1 conv + BN, when needed) and to `out_size`."""
     if prefix + ".conv.weight" in params:
         x = conv2d(params, prefix + ".conv", x)
         x = batch_norm(
-            params, prefix + ".bn", x, training=training, momentum=cfg.bn_momentum, eps=cfg.bn_eps
+            params, prefix + ".bn", x, mode=mode, momentum=cfg.bn_momentum, eps=cfg.bn_eps
         )
     in_h, in_w = x.shape[-2:]
     out_h, out_w = out_size
@@ -82,24 +84,24 @@ def _combine(params: Params, prefix: str, inputs: list[Tensor], cfg: ModelConfig
 
 
 def _separable_conv_bn(
-    params: Params, prefix: str, x: Tensor, cfg: ModelConfig, training: bool
+    params: Params, prefix: str, x: Tensor, cfg: ModelConfig, mode: Mode
 ) -> Tensor:
     x = conv2d(params, prefix + ".conv.dw", x, groups=x.shape[1])
     x = conv2d(params, prefix + ".conv.pw", x)
     return batch_norm(
-        params, prefix + ".bn", x, training=training, momentum=cfg.bn_momentum, eps=cfg.bn_eps
+        params, prefix + ".bn", x, mode=mode, momentum=cfg.bn_momentum, eps=cfg.bn_eps
     )
 
 
 def forward(
-    params: Params, features: list[Tensor], cfg: ModelConfig, *, training: bool = False
+    params: Params, features: list[Tensor], cfg: ModelConfig, *, mode: Mode = INFERENCE
 ) -> list[Tensor]:
     """Backbone features C3..C5 in, fused P_min..P_max out (all with `fpn_channels`)."""
     sizes = feature_sizes(cfg)
     levels = list(features)
     for level in range(cfg.min_level + len(features), cfg.max_level + 1):
         i = level - cfg.min_level
-        levels.append(_resample(params, f"fpn.extra.{level}", levels[-1], sizes[i], cfg, training))
+        levels.append(_resample(params, f"fpn.extra.{level}", levels[-1], sizes[i], cfg, mode))
 
     nodes = cell_nodes(cfg.min_level, cfg.max_level)
     for c in range(cfg.fpn_cells):
@@ -108,11 +110,11 @@ def forward(
             prefix = f"fpn.cells.{c}.nodes.{n}"
             out_size = sizes[node.level - cfg.min_level]
             inputs = [
-                _resample(params, f"{prefix}.inputs.{k}", x[k], out_size, cfg, training)
+                _resample(params, f"{prefix}.inputs.{k}", x[k], out_size, cfg, mode)
                 for k in node.inputs
             ]
             y = activation(_combine(params, prefix, inputs, cfg), cfg.act)
-            x.append(_separable_conv_bn(params, prefix, y, cfg, training))
+            x.append(_separable_conv_bn(params, prefix, y, cfg, mode))
         levels = x[-cfg.num_levels :]
     return levels
 

@@ -22,7 +22,10 @@ from .errors import ConfigError, DetliteError
 class DistConfig:
     """Multi-process training (the process group comes from RANK / WORLD_SIZE / MASTER_ADDR)."""
 
-    timeout: float = 300.0
+    sync_bn: bool = False
+    """Reduce the batch statistics of every training-mode BatchNorm over all ranks
+    (SyncBatchNorm); only with more than one process."""
+    timeout_s: float = 300.0
     """Seconds to wait for every rank to join (and for any collective) before failing."""
 
 
@@ -76,7 +79,7 @@ def read_environment() -> tuple[int, int, int]:
     return rank, world_size, local_rank
 
 
-def setup(device: str = "auto", timeout: float = DistConfig.timeout) -> World:
+def setup(device: str = "auto", timeout: float = DistConfig.timeout_s) -> World:
     """Read the environment, pick the device, and join the process group when world_size > 1
     (failing after `timeout` seconds if the other ranks cannot be reached)."""
     rank, world_size, local_rank = read_environment()
@@ -105,7 +108,7 @@ def _join(rank: int, world_size: int, device: torch.device, timeout: float) -> N
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DetliteError(
             f"rank {rank} of {world_size} could not join the process group at {where} within "
-            f"{timeout:g} s (--dist.timeout): {reason} — check that every rank was started and "
+            f"{timeout:g} s (--dist.timeout-s): {reason} — check that every rank was started and "
             "can reach MASTER_ADDR"
         ) from error
 
@@ -124,28 +127,6 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def traceable_sum(tensor: Tensor) -> Tensor:
-    """Sum over ranks as a functional collective, which torch.compile traces into the graph;
-    the tensor itself in a single process."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        return funcol.all_reduce(tensor, "sum", dist.group.WORLD)
-    return tensor
-
-
-def all_reduce_gradients(grads: list[Tensor]) -> None:
-    """Sum gradients over ranks with one flattened all-reduce (the loss is already normalised
-    by the global positive count, so the sum is the gradient of the global loss)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1) or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
-
-
 _control_group = None
 
 
@@ -160,3 +141,29 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([int(flag)])
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_control_group)
     return bool(value.item())
+
+
+def world_size() -> int:
+    """Processes in the default group (1 without one)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def sum_over_ranks(tensor: Tensor) -> Tensor:
+    """Sum over ranks as a functional collective, which torch.compile traces into the graph
+    (BatchNorm statistics); the tensor itself in a single process."""
+    if world_size() > 1:
+        return funcol.all_reduce(tensor, "sum", dist.group.WORLD).wait()
+    return tensor
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def all_gather_objects(value: object) -> list:
+    """Every rank's `value`, in rank order (`[value]` in a single process)."""
+    if world_size() == 1:
+        return [value]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

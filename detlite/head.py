@@ -8,7 +8,16 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig
-from .layers import Params, activation, batch_norm, conv2d, init_batch_norm, variance_scaling
+from .layers import (
+    INFERENCE,
+    Mode,
+    Params,
+    activation,
+    batch_norm,
+    conv2d,
+    init_batch_norm,
+    variance_scaling,
+)
 
 # Class bias so every anchor starts at probability 0.01: keeps the focal loss from being swamped
 # by the ~50k easy negatives in the first steps.
@@ -21,7 +30,7 @@ def _separable_conv(params: Params, prefix: str, x: Tensor) -> Tensor:
 
 
 def forward(
-    params: Params, name: str, levels: list[Tensor], cfg: ModelConfig, *, training: bool = False
+    params: Params, name: str, levels: list[Tensor], cfg: ModelConfig, *, mode: Mode = INFERENCE
 ) -> list[Tensor]:
     """Run head `name` ("class_head" or "box_head") over every pyramid level."""
     outputs = []
@@ -32,7 +41,7 @@ def forward(
                 params,
                 f"{name}.bns.{r}.{level}",
                 x,
-                training=training,
+                mode=mode,
                 momentum=cfg.bn_momentum,
                 eps=cfg.bn_eps,
             )

@@ -7,12 +7,18 @@ Initialisers `init_*(params, prefix, ..., gen)` add the same names to a dict bei
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import distributed
+from .batchnorm import sync_batch_norm
+
 Params = dict[str, Tensor]
+BatchStats = Literal["local", "sync", "frozen"]
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
@@ -53,20 +59,33 @@ def conv2d(
     return F.conv2d(x, weight, bias, stride, padding, 1, groups)
 
 
+@dataclass(frozen=True)
+class Mode:
+    """How a forward pass runs."""
+
+    training: bool = False
+    """Training: BatchNorm uses batch statistics (and updates the running ones), drop path on."""
+    batch_stats: BatchStats = "local"
+    """Where training-mode BatchNorm takes its statistics from: this process's batch ("local");
+    the batch of every rank of the default process group ("sync", SyncBatchNorm); or nowhere,
+    using the running statistics and leaving them unchanged ("frozen")."""
+
+
+INFERENCE = Mode()
+TRAINING = Mode(training=True)
+
+
 def batch_norm(
-    params: Params, prefix: str, x: Tensor, *, training: bool, momentum: float, eps: float
+    params: Params, prefix: str, x: Tensor, *, mode: Mode, momentum: float, eps: float
 ) -> Tensor:
-    """BatchNorm with batch statistics in training (updating the running ones in place)."""
-    return F.batch_norm(
-        x,
-        params[prefix + ".running_mean"],
-        params[prefix + ".running_var"],
-        params[prefix + ".weight"],
-        params[prefix + ".bias"],
-        training,
-        momentum,
-        eps,
-    )
+    """BatchNorm over `[B, C, H, W]`, with batch statistics in training (see `Mode`)."""
+    running_mean = params[prefix + ".running_mean"]
+    running_var = params[prefix + ".running_var"]
+    weight, bias = params[prefix + ".weight"], params[prefix + ".bias"]
+    if mode.training and mode.batch_stats == "sync" and distributed.world_size() > 1:
+        return sync_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps)
+    training = mode.training and mode.batch_stats != "frozen"
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 def activation(x: Tensor, name: str) -> Tensor:

@@ -13,17 +13,23 @@ from detlite import ops
 from detlite.config import LossConfig, ModelConfig
 
 
-def focal_loss(logits: Tensor, cls_targets: Tensor, loss_cfg: LossConfig) -> Tensor:
-    """Un-normalised focal loss summed over anchors and classes (float32 scalar).
+def loss_dtype(outputs: Tensor) -> torch.dtype:
+    """Losses are computed in float32, or float64 for a float64 network."""
+    return torch.float64 if outputs.dtype == torch.float64 else torch.float32
 
-    logits [B, A, C] (any float dtype; computed in float32); cls_targets [B, A] (class >= 0,
-    `BACKGROUND`, or `IGNORE` for no loss). Runs as the operator `detlite::sigmoid_focal_loss`,
-    which never materialises [B, A, C] temporaries on the GPU.
+
+def focal_loss(logits: Tensor, cls_targets: Tensor, loss_cfg: LossConfig) -> Tensor:
+    """Un-normalised focal loss summed over anchors and classes (a float32 scalar, float64 for
+    float64 logits).
+
+    logits [B, A, C] (any float dtype; computed in float32 or better); cls_targets [B, A]
+    (class >= 0, `BACKGROUND`, or `IGNORE` for no loss). Runs as the operator
+    `detlite::sigmoid_focal_loss`, which never materialises [B, A, C] temporaries on the GPU.
     """
     per_image = ops.sigmoid_focal_loss(
         logits, cls_targets, loss_cfg.alpha, loss_cfg.gamma, loss_cfg.label_smoothing
     )
-    return per_image.sum().to(torch.float32)
+    return per_image.sum().to(loss_dtype(logits))
 
 
 def box_loss(box_outputs: Tensor, box_targets: Tensor, delta: float) -> Tensor:
@@ -32,8 +38,9 @@ def box_loss(box_outputs: Tensor, box_targets: Tensor, delta: float) -> Tensor:
     The mask is elementwise `target != 0`, as the reference: background anchors carry all-zero
     targets, and a positive's exactly-zero code component is (harmlessly) skipped too.
     """
-    box_outputs = box_outputs.float()
-    box_targets = box_targets.float()
+    dtype = loss_dtype(box_outputs)
+    box_outputs = box_outputs.to(dtype)
+    box_targets = box_targets.to(dtype)
     abs_err = (box_outputs - box_targets).abs()
     quadratic = abs_err.clamp(max=delta)
     linear = abs_err - quadratic
@@ -69,7 +76,7 @@ def detection_loss(
     """
     loss_cfg = cfg.loss
     positives = num_positives.sum() if num_positives_total is None else num_positives_total
-    normaliser = positives.to(torch.float32) + 1.0
+    normaliser = positives.to(loss_dtype(cls_flat)) + 1.0
     cls_loss = focal_loss(cls_flat, cls_targets, loss_cfg) / normaliser
     box = box_loss(box_flat, box_targets, loss_cfg.huber_delta) / (4.0 * normaliser)
     total = cls_loss + loss_cfg.box_loss_weight * box

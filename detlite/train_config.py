@@ -39,7 +39,10 @@ class ModelChoice:
     """Start from these weights (a detlite checkpoint; the class head is re-initialised when the
     class count differs). Not a resume: step, optimizer and schedule start fresh."""
     freeze: Literal["none", "backbone"] = "none"
-    """Keep these weights fixed (their BatchNorm statistics still update)."""
+    """Keep these weights fixed (their BatchNorm statistics still update; see --model.frozen-bn)."""
+    frozen_bn: bool = False
+    """BatchNorm uses its running statistics in training too and leaves them unchanged (the
+    usual choice when fine-tuning with small batches; exact under gradient accumulation)."""
     fused_ops: bool = True
     """Deprecated, no effect: the detlite operators are the only focal-loss and NMS path."""
 
@@ -69,7 +72,12 @@ class TrainConfig:
     steps: int | None = None
     """Total optimizer steps; overrides --epochs when set."""
     batch_size: int = 32
-    """Images per step on each process (global batch = batch_size × world size)."""
+    """Images per micro-batch on each process (global batch = batch_size × world size ×
+    grad_accum_steps)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step: gradients of N micro-batches of --batch-size add up
+    to those of one batch of N × batch_size (BatchNorm aside: each micro-batch normalises
+    with its own statistics, unless --model.frozen-bn)."""
     eval_batch_size: int | None = None
     """Default: batch_size."""
     compile: CompileMode = "default"
@@ -120,6 +128,8 @@ _BUILTIN = TrainConfig(
 _COCO = TrainConfig(
     model=ModelChoice(preset="d0"),
     data=DataConfig(root=Path("/data/coco")),
+    # As the seed's recipe (--sync-bn on 8 GPUs); no effect in a single process.
+    dist=DistConfig(sync_bn=True),
     schedule=ScheduleConfig(warmup_steps=1000),
     epochs=300,
     batch_size=32,

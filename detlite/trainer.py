@@ -1,9 +1,11 @@
 """The training loop, top to bottom: build the run, step, log, evaluate, checkpoint, finish.
 
-One optimizer step (`Run.step`):
-    loss = focal + Huber(forward(params, images), assign(anchors, gt))   one compiled graph;
-           the positive count (loss normaliser) is summed over ranks inside it
-    backward; gradients summed over ranks; unscale; clip; SGD; EMA
+One optimizer step (`Run.step`), over the step's micro-batches (`--grad-accum-steps`):
+    targets = assign(anchors, gt)                 per micro-batch; the positive count of the
+                                                  whole global batch (all ranks) normalises
+    loss = focal + Huber(forward(params, images), targets)    compiled; inside DDP with > 1 rank
+    backward (DDP all-reduces gradient buckets during the last micro-batch's backward)
+    unscale; clip; SGD; EMA
 """
 
 from __future__ import annotations
@@ -27,31 +29,33 @@ from .train_config import TrainConfig
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run training (and the final evaluation); returns a summary dict."""
     validate.check_train_config(cfg)
-    world = distributed.setup(cfg.device, cfg.dist.timeout)
+    world = distributed.setup(cfg.device, cfg.dist.timeout_s)
     try:
         with StopRequest() as stop:
             run = build(cfg, world, stop)
             try:
-                return benchmark(run) if cfg.benchmark else _loop(run)
+                return benchmark(run) if cfg.benchmark else loop(run)
             finally:
                 run.close()
     finally:
         distributed.teardown()
 
 
-def _loop(run: Run) -> dict[str, Any]:
+def loop(run: Run) -> dict[str, Any]:
+    """Train `run` (from `detlite.run.build`) to its last step, then finish: final checkpoint,
+    final evaluation; returns a summary dict."""
     cfg = run.cfg
     step = run.state.step
     last: dict[str, Any] = {"loss": float("nan")}
     window = _Window()
-    for batch in run.batches():
+    for micro_batches in run.batches():
         if step >= run.total_steps:
             break
         lr = lr_at(step, run.total_steps, run.peak_lr, cfg.schedule)
-        losses = run.step(batch, lr)
+        losses = run.step(micro_batches, lr)
         step += 1
-        window.add(run.global_batch, int(batch["num_overflow"]))
-        run.report_unreadable(batch["unreadable"])
+        window.add(run.global_batch, sum(int(b["num_overflow"]) for b in micro_batches))
+        run.report_unreadable([reason for b in micro_batches for reason in b["unreadable"]])
         if step % cfg.log_every == 0 or step == run.total_steps:
             last = _log(run, step, losses, lr, window)
         else:

@@ -52,6 +52,7 @@ def _rules(*entries: tuple[str, tuple[Callable[[Any], bool], str]]) -> list[Rule
 
 TRAIN_RULES = _rules(
     ("batch_size", _int_at_least(1)),
+    ("grad_accum_steps", _int_at_least(1)),
     ("eval_batch_size", _optional(_int_at_least(1))),
     ("epochs", _int_at_least(1)),
     ("steps", _optional(_int_at_least(1))),
@@ -76,7 +77,7 @@ TRAIN_RULES = _rules(
     ("data.scale_max", _positive()),
     ("data.hflip", _number_in(0, 1)),
     ("data.num_workers", _int_at_least(0)),
-    ("dist.timeout", _positive()),
+    ("dist.timeout_s", _positive()),
 )
 
 DEMO_RULES = _rules(("image_size", _int_at_least(1)), ("batch_size", _int_at_least(1)))

@@ -106,6 +106,36 @@ def test_sampler_is_deterministic_and_resumable() -> None:
     assert not np.array_equal(other.epoch_indices(2), other.epoch_indices(3))
     with pytest.raises(ValueError, match="batch"):
         EpochBatchSampler(3, 4, seed=0)
+    with pytest.raises(ValueError, match="--grad-accum-steps 2"):
+        EpochBatchSampler(6, 4, seed=0, accum_steps=2)
+
+
+@pytest.mark.parametrize("world, batch, accum", [(2, 2, 1), (4, 1, 1), (1, 2, 2), (2, 1, 2)])
+def test_a_step_has_the_same_images_however_it_is_split(world, batch, accum) -> None:
+    """The images of step k do not depend on ranks × micro-batches, for the same global batch."""
+    whole = EpochBatchSampler(48, 4, seed=5)
+    for epoch in (0, 3):
+        steps = whole.epoch_indices(epoch)
+        parts = [
+            EpochBatchSampler(48, batch, seed=5, rank=r, world_size=world, accum_steps=accum)
+            for r in range(world)
+        ]
+        assert all(p.steps_per_epoch == whole.steps_per_epoch for p in parts)
+        for p in parts:
+            p.set_epoch(epoch)
+        micro = [list(p) for p in parts]  # per rank: steps × accum micro-batches
+        for step, expected in enumerate(steps):
+            got = [
+                i
+                for rank in micro
+                for part in rank[step * accum : (step + 1) * accum]
+                for i, _ in part
+            ]
+            assert all(len(part) == batch for rank in micro for part in rank)
+            assert sorted(got) == sorted(expected.tolist())
+    resumed = EpochBatchSampler(48, batch, seed=5, world_size=world, accum_steps=accum)
+    resumed.set_epoch(0, start_step=3)
+    assert len(resumed) == (whole.steps_per_epoch - 3) * accum
 
 
 def test_train_loader_batches_are_reproducible_and_resume_mid_epoch() -> None:

@@ -281,9 +281,9 @@ def test_unreachable_peer_fails_within_the_timeout(tiny_coco, tmp_path):
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
     start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, *_args(tiny_coco, tmp_path / "run", "--dist.timeout", "3")],
+        [sys.executable, *_args(tiny_coco, tmp_path / "run", "--dist.timeout-s", "3")],
         cwd=REPO, env=env, text=True, capture_output=True, timeout=120,
     )  # fmt: skip
     assert time.monotonic() - start < 60
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "rank 1 of 2 could not join" in result.stderr and "--dist.timeout" in result.stderr
+    assert "rank 1 of 2 could not join" in result.stderr and "--dist.timeout-s" in result.stderr

@@ -148,10 +148,10 @@ def test_overwrite_replaces_the_earlier_run(first_run, tiny_coco, tmp_path):
 
 def test_random_backbone_is_said_loudly():
     from detlite import config
-    from detlite.run import _initial_params
+    from detlite.init_weights import initial_params
 
     cfg = train_cli.parse(["coco"])
     notes: list[str] = []
-    _initial_params(cfg, config.preset("d0", num_classes=3, image_size=128), notes)
+    initial_params(cfg, config.preset("d0", num_classes=3, image_size=128), notes)
     assert notes and notes[0].startswith("warning: the backbone starts from random weights")
     assert "--model.backbone-weights" in notes[0]

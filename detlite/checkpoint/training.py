@@ -1,7 +1,8 @@
 """Training checkpoints: everything a run needs to continue exactly, in one safetensors file.
 
 Tensors: `params/<name>`, `ema/<name>`, `optim/<name>/<state key>` (e.g. SGD momentum buffers),
-`rng/cpu`, `rng/cuda.<i>`. Metadata: the model config (so `load` of files.py reads the weights of
+`rng/cpu`, `rng/cuda.<i>` (rank 0's), `rng/rank<r>.cpu`, `rng/rank<r>.cuda.<i>` (the other
+ranks'). Metadata: the model config (so `load` of files.py reads the weights of
 a training checkpoint too), the category map, and a JSON `train_state` with the step, epoch, best
 metric, GradScaler state and the training config. Written atomically.
 """
@@ -49,6 +50,8 @@ class TrainingTensors:
     optimizer: torch.optim.Optimizer
     trainable: list[str]
     """Names of the tensors the optimizer updates (their state is saved under these names)."""
+    rng: list[dict[str, Tensor]] | None = None
+    """Every rank's random-number generator states (`rng_states()`); None: this process's."""
 
 
 @dataclass
@@ -72,10 +75,9 @@ def _tensors(run: TrainingTensors) -> dict[str, Tensor]:
         for key, value in run.optimizer.state.get(run.params[name], {}).items():
             if isinstance(value, Tensor):
                 tensors[f"optim/{name}/{key}"] = value
-    tensors["rng/cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda.{i}"] = s
+    for rank, states in enumerate(run.rng or [rng_states()]):
+        prefix = "rng/" if rank == 0 else f"rng/rank{rank}."
+        tensors |= {prefix + name: state for name, state in states.items()}
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
@@ -131,7 +133,21 @@ def restore_optimizer(
             optimizer.state[params[name]] = dict(entries)
 
 
-def restore_rng(rng: dict[str, Tensor]) -> None:
+def rng_states() -> dict[str, Tensor]:
+    """This process's random-number generator states (CPU, and every initialised GPU)."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"cuda.{i}"] = state
+    return states
+
+
+def restore_rng(rng: dict[str, Tensor], rank: int = 0) -> None:
+    """Set this process's generators to those rank `rank` saved (rank 0's when the file holds
+    no others, e.g. one written by a single process)."""
+    own = f"rank{rank}."
+    if rank > 0 and any(k.startswith(own) for k in rng):
+        rng = {k[len(own) :]: v for k, v in rng.items() if k.startswith(own)}
     if "cpu" in rng:
         torch.set_rng_state(rng["cpu"])
     cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]

@@ -31,7 +31,7 @@ from detlite.data.transforms import (
     as_hw,
     train_transform,
 )
-from detlite.errors import DataError, DetliteError
+from detlite.errors import ConfigError, DataError, DetliteError
 from detlite.labels import BACKGROUND
 from detlite.stopping import quiet_worker
 
@@ -66,13 +66,26 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """One rank's batches of an epoch, as lists of `(sample index, epoch)` keys.
 
-    Call `set_epoch(epoch, start_step)` before iterating. Iteration yields batches `start_step`,
-    `start_step + 1`, ... of that epoch; skipped batches are never materialised, let alone
-    decoded. The epoch travels with each key, so workers need no state to seed augmentation.
+    A step takes the next `world_size × accum_steps × batch_size` samples of the epoch's order;
+    rank r takes every world_size-th of them from the r-th, in `accum_steps` micro-batches of
+    `batch_size`. So the images of a step, and their augmentation, do not depend on how the
+    step is split over ranks and micro-batches.
+
+    Call `set_epoch(epoch, start_step)` before iterating. Iteration yields the micro-batches of
+    steps `start_step`, `start_step + 1`, ... of that epoch; skipped ones are never
+    materialised, let alone decoded. The epoch travels with each key, so workers need no state
+    to seed augmentation.
     """
 
     def __init__(
-        self, num_samples: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        accum_steps: int = 1,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -81,11 +94,13 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.steps_per_epoch = num_samples // (world_size * batch_size)
+        self.accum_steps = accum_steps
+        self.steps_per_epoch = num_samples // (world_size * accum_steps * batch_size)
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{num_samples} samples cannot fill one batch of {batch_size} on each of "
-                f"{world_size} rank(s); use a smaller batch size"
+            raise ConfigError(
+                f"{num_samples} training images cannot fill one step of --batch-size "
+                f"{batch_size} × --grad-accum-steps {accum_steps} on each of {world_size} "
+                "rank(s); use a smaller batch size"
             )
         self.epoch = 0
         self.start_step = 0
@@ -97,20 +112,23 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.start_step = start_step
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
-        """This rank's sample indices of `epoch`, shaped `[steps_per_epoch, batch_size]`."""
-        used = self.steps_per_epoch * self.world_size * self.batch_size
+        """This rank's sample indices of `epoch`: `[steps_per_epoch, accum_steps * batch_size]`
+        (micro-batch j of a step is columns `j * batch_size` on)."""
+        per_step = self.accum_steps * self.batch_size
+        used = self.steps_per_epoch * self.world_size * per_step
         mine = epoch_permutation(self.num_samples, self.seed, epoch)[:used][
             self.rank :: self.world_size
         ]
-        return mine.reshape(self.steps_per_epoch, self.batch_size)
+        return mine.reshape(self.steps_per_epoch, per_step)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch = self.epoch
         for row in self.epoch_indices(epoch)[self.start_step :]:
-            yield [(int(index), epoch) for index in row]
+            for micro in row.reshape(self.accum_steps, self.batch_size):
+                yield [(int(index), epoch) for index in micro]
 
     def __len__(self) -> int:
-        return self.steps_per_epoch - self.start_step
+        return (self.steps_per_epoch - self.start_step) * self.accum_steps
 
 
 BadImages = Literal["skip", "error"]
@@ -267,6 +285,7 @@ class TrainLoader:
         num_workers: DataLoader worker processes (0 = load in this process).
         bad_images: "skip" replaces an undecodable image by the next readable one, "error"
             stops.
+        accum_steps: micro-batches of `batch_size` per optimizer step on this rank.
         pin_memory: page-lock batches for fast device copies; default: when CUDA is available.
     """
 
@@ -284,9 +303,15 @@ class TrainLoader:
         num_workers: int = 2,
         pin_memory: bool | None = None,
         bad_images: BadImages = "skip",
+        accum_steps: int = 1,
     ) -> None:
         self.sampler = EpochBatchSampler(
-            len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size
+            len(dataset),
+            batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            accum_steps=accum_steps,
         )
         self._loader = DataLoader(
             _Augmented(dataset, image_size, seed, augment or Augment(), bad_images),
@@ -308,15 +333,15 @@ class TrainLoader:
         shutdown_workers(self._loader)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
-        """Batches `start_step`.. of `epoch` on this rank."""
+        """The (micro-)batches of steps `start_step`.. of `epoch` on this rank."""
         self.sampler.set_epoch(epoch, start_step)
         return batches_of(self._loader)
 
     def iterate(self, start_global_step: int = 0) -> Iterator[tuple[int, int, TrainBatch]]:
-        """Endless `(epoch, step in epoch, batch)` from `start_global_step` on."""
+        """Endless `(epoch, step in epoch, batch)` from `start_global_step` on; with
+        accumulation, each step's micro-batches in turn."""
         epoch, step = self.position(start_global_step)
         while True:
-            for batch in self.epoch(epoch, step):
-                yield epoch, step, batch
-                step += 1
+            for i, batch in enumerate(self.epoch(epoch, step)):
+                yield epoch, step + i // self.sampler.accum_steps, batch
             epoch, step = epoch + 1, 0
