@@ -148,11 +148,10 @@ std::string cpu_bind_name(CpuBind mode) { return kBindNames[static_cast<int>(mod
 std::string format_cpulist(const std::set<int>& cpus) {
   std::string s;
   for (auto it = cpus.begin(); it != cpus.end();) {
-    int start = *it, end = *it;
+    const int start = *it;
+    int end = start;
     while (++it != cpus.end() && *it == end + 1) end = *it;
-    if (!s.empty()) s += ',';
-    s += std::to_string(start);
-    if (end != start) s += "-" + std::to_string(end);
+    s += (s.empty() ? "" : ",") + std::to_string(start) + (end != start ? "-" + std::to_string(end) : "");
   }
   return s;
 }
@@ -180,13 +179,13 @@ std::vector<std::set<int>> plan_binding(CpuBind mode, int nproc, const std::stri
                                         std::string* note) {
   Topology topo;
   std::string err;
-  if (mode == CpuBind::None) return {};
+  std::vector<std::set<int>> result(static_cast<size_t>(std::max(nproc, 0)));
+  if (mode == CpuBind::None) return result;
   if (!read_topology(sysfs_root, &topo, &err)) {
     *note = "warning: --cpu-bind " + cpu_bind_name(mode) + " ignored: " + err;
-    return {};
+    return result;
   }
   const std::set<int> allowed = allowed_cpus(env);
-  std::vector<std::set<int>> result(static_cast<size_t>(std::max(nproc, 0)));
   // socket -> physical cores (in order of their first CPU) -> allowed CPUs of that core
   std::map<int, std::map<int, std::set<int>>> sockets;
   for (const Topology::Cpu& c : topo.cpus)

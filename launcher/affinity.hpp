@@ -20,8 +20,8 @@ std::set<int> allowed_cpus(const EnvMap& env);
 // NVIDIA GPUs in sysfs, filtered by CUDA_VISIBLE_DEVICES (0 when the topology cannot be read).
 int visible_gpu_count(const std::string& sysfs_root, const EnvMap& env);
 
-// One CPU set per local rank (none for CpuBind::None, or with *note when the topology cannot be
-// read). Rank i belongs to the NUMA node of visible GPU i % #GPUs (PCI order) or, without GPUs, ranks
+// One CPU set per local rank (each empty for CpuBind::None, or with *note when the topology cannot
+// be read). Rank i belongs to the NUMA node of visible GPU i % #GPUs (PCI order) or, without GPUs, ranks
 // are spread evenly over the nodes; only allowed_cpus() are handed out.
 std::vector<std::set<int>> plan_binding(CpuBind mode, int nproc, const std::string& sysfs_root, const EnvMap& env,
                                         std::string* note);

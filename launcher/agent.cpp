@@ -81,11 +81,11 @@ int Agent::alive() const {
 
 void Agent::handle(const Msg& m) {
   if (m.type == "START" && state_ == AgentState::Waiting) {
+    log_.round = static_cast<int>(m.get_int("round"));
     if (!term_signal_ && link_ != Link::Lost) return start_round(m);
     // Shutting down: the round is answered without starting anything, so the coordinator can finish.
-    log_.round = static_cast<int>(m.get_int("round"));
     for (int lr = 0; lr < o_.nproc_per_node; ++lr)
-      send_(Fate(static_cast<int>(m.get_int("offset")) + lr, lr, o_.node_rank, log_.round, hostname_).to_msg());
+      send_(Fate{static_cast<int>(m.get_int("offset")) + lr, lr, o_.node_rank, log_.round, hostname_}.to_msg());
     send_(Msg("DONE").set("round", log_.round));
   } else if (m.type == "ABORT" && state_ == AgentState::Running && m.get_int("round", -1) == log_.round) {
     log_line("stopping this node's workers: " + m.get("reason", "another node failed"));
@@ -103,7 +103,6 @@ void Agent::handle(const Msg& m) {
 }
 
 void Agent::start_round(const Msg& m) {
-  log_.round = static_cast<int>(m.get_int("round"));
   log_.world_size = static_cast<int>(m.get_int("world"));
   if (log_.round > 0) {
     const std::string why = m.get("reason");
@@ -140,9 +139,9 @@ void Agent::start_round(const Msg& m) {
 
 bool Agent::spawn(int lr, int rank, const EnvMap& base) {
   auto w = std::make_unique<Worker>();
-  Fate& f = w->fate = Fate(rank, lr, o_.node_rank, log_.round, hostname_);
+  Fate& f = w->fate = Fate{rank, lr, o_.node_rank, log_.round, hostname_};
   w->prefix = "[rank" + std::to_string(rank) + "]: ";
-  const std::set<int> cpus = cpus_.size() > static_cast<size_t>(lr) ? cpus_[lr] : std::set<int>{};
+  const std::set<int>& cpus = cpus_[static_cast<size_t>(lr)];
   const std::string dir = files_dir_ + "/attempt_" + std::to_string(log_.round) + "/rank_" + std::to_string(rank);
   make_dirs(dir);
   w->error_file = dir + "/error.json";
@@ -182,7 +181,7 @@ void Agent::stop(int sig) {
   if (o_.grace_period <= 0) return kill_now();
   teardown_->signal_all(sig);
   state_ = AgentState::Stopping;
-  stop_deadline_ = mono_now() + o_.grace_period;
+  deadline_ = mono_now() + o_.grace_period;
 }
 
 void Agent::kill_now() {
@@ -222,7 +221,7 @@ void Agent::after_exit() {
   if (state_ != AgentState::Draining) {
     teardown_->sweep(1.0);
     state_ = AgentState::Draining;
-    drain_deadline_ = mono_now() + 1.0;
+    deadline_ = mono_now() + 1.0;
     for (auto& w : workers_)
       for (int i : {0, 1}) read_stream(*w, i);
   }
@@ -249,10 +248,10 @@ void Agent::complete_round() {
   const Fate* first = nullptr;
   for (const Fate& f : log_.fates)
     if (f.state == RankState::Failed && f.t_exit <= lost_time_ && (!first || f.t_exit < first->t_exit)) first = &f;
-  RootCause root(first ? CauseKind::Worker : CauseKind::Lost,
-                 first ? first->code() : (term_signal_ ? 128 + term_signal_ : kExitPeerLost),
-                 first ? "rank " + std::to_string(first->rank) + " " + first->how() : lost_reason_);
-  if (first) root.fate = *first;
+  const RootCause root{first ? CauseKind::Worker : CauseKind::Lost,
+                       first ? first->code() : (term_signal_ ? 128 + term_signal_ : kExitPeerLost),
+                       first ? "rank " + std::to_string(first->rank) + " " + first->how() : lost_reason_, -1, 0,
+                       first ? *first : Fate{}};
   log_lines(format_report(root, log_.fates));
   finish(root.code, root.what);
 }
@@ -262,7 +261,7 @@ void Agent::finish(int code, const std::string& what) {
   state_ = AgentState::Finished;
   exit_code_ = code;
   if (o_.log_dir.empty() || o_.node_rank == 0) return;
-  const RootCause root(CauseKind::ReportedByNode0, code, what);
+  const RootCause root{CauseKind::ReportedByNode0, code, what};
   write_summary(files_dir_, o_, code != 0 ? &root : nullptr, log_);
 }
 
@@ -311,7 +310,7 @@ void Agent::finish_now(int code, const std::string& why) {
 }
 
 void Agent::tick(double now) {
-  if (state_ == AgentState::Stopping && now >= stop_deadline_) {
+  if (state_ == AgentState::Stopping && now >= deadline_) {
     std::string ranks;
     for (auto& w : workers_)
       if (w->alive()) ranks += (ranks.empty() ? "" : ", ") + std::to_string(w->fate.rank);
@@ -320,15 +319,14 @@ void Agent::tick(double now) {
   }
   // Pipes still open after every process is gone belong to descendants we could not find; stop
   // waiting for them after a second, but never while a slow console is why we have not read them.
-  if (state_ == AgentState::Draining && now >= drain_deadline_) {
-    if (console_->pending() > kConsoleHighWater) drain_deadline_ = now + 0.1;
+  if (state_ == AgentState::Draining && now >= deadline_) {
+    if (console_->pending() > kConsoleHighWater) deadline_ = now + 0.1;
     else complete_round();
   }
 }
 
 double Agent::next_deadline(double now) const {
-  double d = state_ == AgentState::Stopping ? stop_deadline_ : kNever;
-  if (state_ == AgentState::Draining) d = drain_deadline_;
+  double d = state_ == AgentState::Stopping || state_ == AgentState::Draining ? deadline_ : kNever;
   const bool backed_up = console_->pending() > kConsoleHighWater;  // pipes not polled: look again soon
   if (backed_up && std::any_of(workers_.begin(), workers_.end(), [](auto& w) { return w->open(); }))
     d = std::min(d, now + 0.005);

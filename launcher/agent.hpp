@@ -73,7 +73,7 @@ class Agent : public Pollable {
   AgentState state_ = AgentState::Waiting;
   Link link_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  double stop_deadline_ = 0, drain_deadline_ = 0;  // Stopping: SIGKILL; Draining: stop waiting
+  double deadline_ = 0;         // Stopping: SIGKILL; Draining: stop waiting for the pipes
   int term_signal_ = 0;         // first terminating signal received by the launcher
   std::string lost_reason_;     // Link::Lost: why, and when (wall clock)
   double lost_time_ = 0;

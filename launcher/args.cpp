@@ -95,15 +95,13 @@ std::map<std::string, std::string> tokenize(const std::vector<std::string>& argv
       return is_long ? name == s.name : s.short_name && name == s.short_name;
     });
     if (spec == std::end(kSpecs)) refuse("unknown option '" + a + "' (see --help)");
-    const std::string canon = spec->name;
-    if (!spec->metavar && has_value) refuse("option --" + canon + " takes no value");
-    const bool optional = spec->metavar && spec->metavar[0] == '[';
-    const bool next_fits = i + 1 < argv.size() && argv[i + 1].size() == 1 && argv[i + 1][0] >= '0' &&
-                           argv[i + 1][0] <= '3';
-    if (spec->metavar && !has_value && !optional && i + 1 >= argv.size())
-      refuse("option --" + canon + " needs a value");
+    const std::string option = "option --" + std::string(spec->name);
+    if (!spec->metavar && has_value) refuse(option + " takes no value");
+    const bool optional = spec->metavar && spec->metavar[0] == '[';  // then only 0-3 is taken from the next
+    const bool next_fits = i + 1 < argv.size() && std::set<std::string>{"0", "1", "2", "3"}.count(argv[i + 1]);
+    if (spec->metavar && !has_value && !optional && i + 1 >= argv.size()) refuse(option + " needs a value");
     if (spec->metavar && !has_value && (!optional || next_fits)) value = argv[++i];
-    given[canon] = value;
+    given[spec->name] = value;
   }
   if (i < argv.size() && argv[i] == "--") ++i;
   if (i < argv.size()) {
@@ -136,17 +134,15 @@ class Source {
   void integer(const char* name, long long lo, long long hi, int* out) const {
     const auto v = value(name);
     long long x = 0;
-    if (!v) return;
-    if (!parse_int(trim(*v), &x) || x < lo || x > hi)
+    if (v && (!parse_int(trim(*v), &x) || x < lo || x > hi))
       expected(name, "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]", *v);
-    *out = static_cast<int>(x);
+    if (v) *out = static_cast<int>(x);
   }
   void seconds(const char* name, double lo, double* out) const {
     const auto v = value(name);
     double x = 0;
-    if (!v) return;
-    if (!parse_double(trim(*v), &x) || !(x >= lo) || x > 1e7) expected(name, "a number of seconds", *v);
-    *out = x;
+    if (v && (!parse_double(trim(*v), &x) || !(x >= lo) || x > 1e7)) expected(name, "a number of seconds", *v);
+    if (v) *out = x;
   }
 
  private:
@@ -159,6 +155,7 @@ void parse_world(const Source& src, const EnvMap& env, Options* o) {
   o->sysfs_root = src.value("sysfs-root").value_or(env_get(env, "DETLITE_SYSFS_ROOT", o->sysfs_root));
   if (!detect_scheduler(env, &o->scheduler, &err)) refuse(err);
   const SchedulerInfo& sched = o->scheduler;
+  if (!sched.name.empty()) o->nnodes = sched.nnodes;
   if (const auto v = src.value("nnodes")) {
     const std::string s = trim(*v);
     const std::vector<std::string> parts = split(s, ':');  // N or MIN:MAX
@@ -167,8 +164,6 @@ void parse_world(const Source& src, const EnvMap& env, Options* o) {
     if (!ok || lo < 1 || lo > 100000) expected("nnodes", "N or N:N", *v);
     if (hi != lo) refuse("elastic --nnodes " + s + " is not supported: give a fixed node count");
     o->nnodes = static_cast<int>(lo);
-  } else if (!sched.name.empty()) {
-    o->nnodes = sched.nnodes;
   }
   if (src.given("standalone")) {
     // torchrun's --standalone forms its own one-node rendezvous on a free port; a node count or a
@@ -177,8 +172,8 @@ void parse_world(const Source& src, const EnvMap& env, Options* o) {
       refuse("--standalone runs a single node: it cannot be combined with --nnodes " + std::to_string(o->nnodes));
     o->nnodes = 1;
   }
+  if (!sched.name.empty()) o->node_rank = sched.node_rank;
   src.integer("node-rank", 0, 100000, &o->node_rank);
-  if (!src.given("node-rank") && !sched.name.empty()) o->node_rank = sched.node_rank;
   if (o->node_rank >= o->nnodes)
     refuse("--node-rank " + std::to_string(o->node_rank) + " is not below --nnodes " + std::to_string(o->nnodes));
   const std::string raw = src.value("nproc-per-node").value_or("1"), nproc = to_lower(trim(raw));
@@ -279,10 +274,8 @@ void parse_supervision(const Source& src, Options* o) {
   if (src.given("monitor-interval"))
     refuse("--monitor-interval is not supported: detlite-launch notices worker exits at once (SIGCHLD) instead "
            "of polling; drop the option");
-  o->handled_signals.assign(std::begin(kHandled), std::end(kHandled));
   const auto v = src.value("signals-to-handle");
-  if (!v) return;
-  o->handled_signals.clear();
+  if (!v) return o->handled_signals.assign(std::begin(kHandled), std::end(kHandled));
   for (const std::string& name : split(*v, ',')) {
     const int sig = signal_from_name(name);
     if (std::find(std::begin(kHandled), std::end(kHandled), sig) == std::end(kHandled))
@@ -291,16 +284,15 @@ void parse_supervision(const Source& src, Options* o) {
   }
 }
 
-int stream_bits(const char* name, const std::string& v, bool bare_is_3) {
-  long long x = 3;
-  if (v.find(':') != std::string::npos)
-    refuse("per-rank --" + std::string(name) + " maps are not supported: give one value 0-3 for every rank");
-  if (!(bare_is_3 && v.empty()) && (!parse_int(trim(v), &x) || x < 0 || x > 3)) expected(name, "0-3", v);
-  return static_cast<int>(x);
-}
-
 // Where worker output goes: console, log files, which ranks.
 void parse_output(const Source& src, Options* o) {
+  auto stream_bits = [](const char* name, const std::string& v, bool bare_is_3) {
+    long long x = 3;
+    if (v.find(':') != std::string::npos)
+      refuse("per-rank --" + std::string(name) + " maps are not supported: give one value 0-3 for every rank");
+    if (!(bare_is_3 && v.empty()) && (!parse_int(trim(v), &x) || x < 0 || x > 3)) expected(name, "0-3", v);
+    return static_cast<int>(x);
+  };
   o->role = src.value("role").value_or(o->role);
   o->log_dir = src.value("log-dir").value_or(o->log_dir);
   if (const auto v = src.value("tee")) o->tee = stream_bits("tee", *v, true);
@@ -355,16 +347,14 @@ std::string help_text() {
   for (const Spec& s : kSpecs) {
     if (!s.help) continue;
     out += std::string("  ") + (s.short_name ? "-" + std::string(s.short_name) + ", " : "") + "--" + s.name +
-           (s.metavar ? " " + std::string(s.metavar) : "") + "\n";
-    std::string line = "      ";  // the description, wrapped at 100 columns
+           (s.metavar ? " " + std::string(s.metavar) : "");
+    size_t col = 100;  // the description, indented by 6 and wrapped at 100 columns: its first word wraps
     for (const std::string& word : split(s.help, ' ')) {
-      if (line.size() + word.size() + 1 > 100 && line.size() > 6) {
-        out += line + "\n";
-        line = "      ";
-      }
-      line += (line.size() > 6 ? " " : "") + word;
+      const bool wrap = col + word.size() + 1 > 100;
+      out += (wrap ? "\n      " : " ") + word;
+      col = (wrap ? 6 : col + 1) + word.size();
     }
-    out += line + "\n";
+    out += "\n";
   }
   return out +
          "\nexit status:\n"
@@ -398,11 +388,8 @@ int parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options*
     if (help || version || expand) return 0;
     Source src(std::move(given), env);
     parse_world(src, env, opt);
-    parse_rendezvous(src, opt);
-    parse_supervision(src, opt);
-    parse_output(src, opt);
-    parse_binding(src, opt);
-    parse_command(src, opt);
+    for (auto group : {parse_rendezvous, parse_supervision, parse_output, parse_binding, parse_command})
+      group(src, opt);
     return -1;
   } catch (const UsageError& e) {
     std::fprintf(stderr, "detlite-launch: error: %s\n", e.msg.c_str());

@@ -97,9 +97,9 @@ void Coordinator::handle(int node, const Msg& m) {
     abort_round(m.get("what", "a worker failed"));
   } else if (m.type == "SIGNAL") {
     const int sig = static_cast<int>(m.get_int("sig", 15));
-    const RootCause ev(CauseKind::Signal, 128 + sig, "the launcher on node " + std::to_string(node) + " (" +
+    const RootCause ev{CauseKind::Signal, 128 + sig, "the launcher on node " + std::to_string(node) + " (" +
                        nodes_[static_cast<size_t>(node)].host + ") received " + signal_name(sig), node,
-                       m.get_num("t", wall_now()));
+                       m.get_num("t", wall_now())};
     no_restart_ = true;
     if (state_ == JobState::Rendezvous) return send_result(&ev, {});
     events_.push_back(ev);
@@ -125,15 +125,15 @@ void Coordinator::node_lost(int node, const std::string& why) {
   if (n.lost) return;
   n.lost = true;
   no_restart_ = true;
-  events_.emplace_back(CauseKind::Lost, kExitPeerLost,
-                       "node " + std::to_string(node) + " (" + n.host + ") was lost: " + why, node, wall_now());
-  log_line(events_.back().what);
-  abort_round(events_.back().what);
+  const std::string what = "node " + std::to_string(node) + " (" + n.host + ") was lost: " + why;
+  events_.push_back({CauseKind::Lost, kExitPeerLost, what, node, wall_now()});
+  log_line(what);
+  abort_round(what);
   finish_round();
 }
 
 void Coordinator::fail_rendezvous(const std::string& why) {
-  const RootCause root(CauseKind::Rendezvous, kExitRendezvous, why);
+  const RootCause root{CauseKind::Rendezvous, kExitRendezvous, why};
   send_result(&root, {});
 }
 
@@ -144,23 +144,22 @@ void Coordinator::finish_round() {
   for (size_t i = 0; i < nodes_.size(); ++i) {  // lost nodes' ranks reported no fate
     const Node& n = nodes_[i];
     for (int lr = 0; n.lost && lr < n.nproc; ++lr)
-      log_.fates.emplace_back(n.offset + lr, lr, static_cast<int>(i), log_.round, n.host, RankState::Lost);
+      log_.fates.push_back({n.offset + lr, lr, static_cast<int>(i), log_.round, n.host, RankState::Lost});
   }
   // The candidates for the root cause: signals to launchers, lost nodes, and workers that failed on
   // their own. Workers stopped by the launcher ("terminated") are consequences, not causes.
   std::vector<RootCause> all = events_;
   for (const Fate& f : log_.fates) {
     if (f.state != RankState::Failed) continue;
-    all.emplace_back(CauseKind::Worker, f.code() > 0 ? f.code() : 1,
-                     "rank " + std::to_string(f.rank) + " on node " + std::to_string(f.node) + " (" + f.host +
-                         ", pid " + std::to_string(f.pid) + ") " + f.how(),
-                     f.node, f.t_exit);
-    all.back().fate = f;
+    all.push_back({CauseKind::Worker, f.code() > 0 ? f.code() : 1,
+                   "rank " + std::to_string(f.rank) + " on node " + std::to_string(f.node) + " (" + f.host +
+                       ", pid " + std::to_string(f.pid) + ") " + f.how(),
+                   f.node, f.t_exit, f});
   }
   const bool all_ok = std::all_of(log_.fates.begin(), log_.fates.end(),
                                   [](const Fate& f) { return f.state == RankState::Succeeded; });
   if (all.empty() && all_ok) return send_result(nullptr, {});
-  if (all.empty()) all.emplace_back(CauseKind::Unknown, 1, "workers stopped without a recorded cause");
+  if (all.empty()) all.push_back({CauseKind::Unknown, 1, "workers stopped without a recorded cause"});
   // The root cause is the earliest event.
   const RootCause root =
       *std::min_element(all.begin(), all.end(), [](const RootCause& a, const RootCause& b) { return a.t < b.t; });

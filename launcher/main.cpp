@@ -77,8 +77,7 @@ int dry_run(const Options& opt, const EnvMap& env) {
   for (const auto& f : fields) out += "  " + json_escape(f.first) + ": " + f.second + ",\n";
   out += "  \"local_ranks\": [\n";
   for (int lr = 0; lr < opt.nproc_per_node; ++lr) {
-    const std::string set = static_cast<size_t>(lr) < cpus.size() ? format_cpulist(cpus[static_cast<size_t>(lr)]) : "";
-    out += "    {\"local_rank\": " + num(lr) + ", \"cpus\": " + json_escape(set) + "}" +
+    out += "    {\"local_rank\": " + num(lr) + ", \"cpus\": " + json_escape(format_cpulist(cpus[lr])) + "}" +
            (lr + 1 < opt.nproc_per_node ? ",\n" : "\n");
   }
   out += "  ]\n}\n";
@@ -146,7 +145,6 @@ int run(Options& opt, const EnvMap& env, Console* console) {
     return 1;
   }
   console->start();
-  set_log_console(console);
   for (const std::string& n : opt.notes) log_line(n);
   const bool is_root = opt.node_rank == 0;
   char name[256] = {0};
@@ -200,7 +198,6 @@ int main(int argc, char** argv) {
   if (opt.dry_run) return dry_run(opt, env);
   Console console;
   const int code = run(opt, env, &console);
-  set_log_console(nullptr);
   console.stop();
   return code;
 }

@@ -143,14 +143,13 @@ class Hub final : public Plane {
   void linger(double secs) override {
     const double until = mono_now() + secs;
     std::vector<Conn*> open;
-    std::set<Conn*> shut;
     for (Peer& p : peers_)
       if (p.conn && p.node >= 0) open.push_back(p.conn.get());
     while (!open.empty() && mono_now() < until) {
       std::vector<pollfd> pf;
       for (Conn* c : open) {
         c->on_writable();
-        if (!c->wants_write() && shut.insert(c).second) shutdown(c->fd(), SHUT_WR);
+        if (!c->wants_write()) shutdown(c->fd(), SHUT_WR);  // again each turn: harmless
         pf.push_back(c->pollfd_in());
       }
       if (poll(pf.data(), pf.size(), 50) <= 0) continue;

@@ -63,7 +63,7 @@ Msg Fate::to_msg() const {
 
 Fate Fate::from_msg(const Msg& m) {
   auto num = [&](const char* key, long long fallback) { return static_cast<int>(m.get_int(key, fallback)); };
-  Fate f(num("rank", -1), num("lrank", -1), num("node", -1), num("round", 0), m.get("host"));
+  Fate f{num("rank", -1), num("lrank", -1), num("node", -1), num("round", 0), m.get("host")};
   f.pid = static_cast<pid_t>(m.get_int("pid", -1));
   for (int s = 0; s < 6; ++s)
     if (m.get("state") == kStateNames[s]) f.state = static_cast<RankState>(s);

@@ -13,20 +13,17 @@ namespace dl {
 // disappeared.
 enum class RankState { NotStarted, Running, Succeeded, Failed, Terminated, Lost };
 
-struct Fate {
-  Fate() = default;
-  Fate(int rank_, int local_rank_, int node_, int round_, std::string host_, RankState state_ = RankState::NotStarted)
-      : rank(rank_), local_rank(local_rank_), node(node_), round(round_), host(std::move(host_)), state(state_) {}
+struct Fate {  // aggregate: Fate{rank, local_rank, node, round, host[, state]}
   int rank = -1, local_rank = -1, node = -1, round = 0;
   std::string host;
-  pid_t pid = -1;
   RankState state = RankState::NotStarted;
+  pid_t pid = -1;
   int exit_code = -1;  // when it exited normally
   int signal = 0;      // when a signal killed it
   double t_exit = 0;   // wall clock, seconds
   double duration = 0;
-  std::string error;   // exec failure or the message from its TORCHELASTIC_ERROR_FILE
-  std::string tail;    // last lines of output
+  std::string error = "";  // exec failure or the message from its TORCHELASTIC_ERROR_FILE
+  std::string tail = "";   // last lines of output
 
   int code() const { return signal ? 128 + signal : exit_code; }
   std::string how() const;  // "exited with code 7" / "was killed by SIGKILL"
@@ -37,14 +34,13 @@ struct Fate {
 
 enum class CauseKind { Worker, Signal, Lost, Rendezvous, Unknown, ReportedByNode0 };
 
-struct RootCause {
-  RootCause(CauseKind kind_, int code_, std::string what_, int node_ = -1, double t_ = 0)
-      : kind(kind_), t(t_), code(code_), node(node_), what(std::move(what_)) {}
+struct RootCause {  // aggregate: RootCause{kind, code, what[, node, t, fate]}
   CauseKind kind = CauseKind::Unknown;
-  double t = 0;      // wall clock: the earliest candidate is the root cause
-  int code = 1, node = -1;
+  int code = 1;
   std::string what;  // one-line description
-  Fate fate;         // for CauseKind::Worker
+  int node = -1;
+  double t = 0;      // wall clock: the earliest candidate is the root cause
+  Fate fate = {};    // for CauseKind::Worker
 };
 
 // Multi-line report of a failed run (printed by every node, each line prefixed by the caller).

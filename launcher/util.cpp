@@ -171,9 +171,13 @@ int signal_from_name(const std::string& raw) {
 
 std::string errno_text(int err) { return std::strerror(err); }
 
-void Console::start() { thread_ = std::thread([this] { run(); }); }
+void Console::start() {
+  thread_ = std::thread([this] { run(); });
+  g_console = this;
+}
 
 void Console::stop() {
+  g_console = nullptr;
   if (!thread_.joinable()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -221,8 +225,6 @@ void Console::run() {
     bytes_ -= done;
   }
 }
-
-void set_log_console(Console* console) { g_console = console; }
 
 void log_line(const std::string& msg) {
   std::string text = "[detlite-launch] " + msg + "\n";

@@ -56,8 +56,8 @@ inline bool fail(std::string* error, const std::string& msg) {  // for `return f
 // console throttles the workers instead of the launcher's heartbeats.
 class Console {
  public:
-  void start();
-  void stop();  // flushes everything queued, then joins the thread
+  void start();  // from then on also the way of log_line's messages
+  void stop();   // flushes everything queued, then joins the thread
   void write(int fd, std::string text);
   size_t pending() const;
 
@@ -71,8 +71,7 @@ class Console {
   std::thread thread_;
 };
 
-// Launcher messages on stderr, through the console so they stay whole and ordered.
-void set_log_console(Console* console);
+// Launcher messages on stderr, through the started console so they stay whole and ordered.
 void log_line(const std::string& msg);
 void log_lines(const std::string& text);  // each non-empty line of text
 
