@@ -4,8 +4,9 @@
     python eval.py runs/coco/checkpoints/step-00100000.safetensors --data.root /data/coco
     python eval.py CKPT --predict photos/ --draw 8                # unannotated images, drawn boxes
 
-Writes to --output: metrics.json (the 12 COCO numbers), detections.json (COCO results format:
-original category ids, original-image pixels), and with --draw N, N images with boxes drawn.
+Each evaluation writes into a new folder beside the checkpoint (eval-<name>, or --output):
+metrics.json (the 12 COCO numbers), per_class_ap.csv, detections.json (COCO results format:
+original category ids, original-image pixels), and with --draw N, N images drawn (drawn/).
 Errors print one line (--debug: with the traceback).
 """
 

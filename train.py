@@ -22,6 +22,8 @@ from detlite.trainer import train
 
 
 def parse(argv: list[str]) -> TrainConfig:
+    if argv in (["-h"], ["--help"]):
+        _default_recipe_help(argv)
     # No recipe named (no arguments, or flags only): the built-in recipe.
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["builtin", *argv]
@@ -31,6 +33,25 @@ def parse(argv: list[str]) -> TrainConfig:
     if cfg.resume is not None:
         cfg = resume.resume_config(cfg, resume.given_fields(argv))
     return cfg
+
+
+def _default_recipe_help(argv: list[str]) -> None:
+    """`train.py --help`: the recipes, then every flag with the default recipe's values."""
+    recipes = "\n".join(
+        f"    {name + (' (default)' if name == 'builtin' else ''):<18}{text}"
+        for name, (text, _) in RECIPES.items()
+    )
+    description = (
+        f"{__doc__}\nRecipes (the first word; `train.py RECIPE --help` shows its values):\n"
+        f"{recipes}\n\nFlags, with the builtin recipe's values:"
+    )
+    tyro.cli(
+        TrainConfig,
+        default=RECIPES["builtin"][1],
+        args=argv,
+        prog="train.py [builtin|coco]",
+        description=description,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 the 12 COCO metrics; and `run`, everything `eval.py` does.
 
     split = EvalSplit.open(paths, category_map, image_size=..., batch_size=..., world=world)
-    metrics, results = split.evaluate(predictor, params)
+    metrics, results, per_class = split.evaluate(predictor, params)
 
 The annotation file is parsed once and shared by the dataset and pycocotools' evaluator. Boxes
 are mapped back with each image's scale, clipped to the original image, and gathered from every
@@ -11,6 +11,7 @@ rank.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +35,16 @@ from .data import (
 from .data.loader import shutdown_workers
 from .detect import PredictBatch, batch_predictor, detections
 from .draw import draw_results
+from .errors import ConfigError
 from .layers import Params
-from .metrics import coco_metrics, metrics_table, to_coco_results, write_results
+from .metrics import (
+    coco_scores,
+    metrics_table,
+    per_class_table,
+    to_coco_results,
+    write_per_class_csv,
+    write_results,
+)
 from .predictions import FolderJob, predict_folder
 from .steps import CompileMode, Predictor, StepOptions
 from .stopping import StopRequest
@@ -55,13 +64,41 @@ class EvalConfig:
     predict: Path | None = None
     """A folder of images to run on instead of an annotated split."""
     draw: int = 0
-    """Write this many images with their detections drawn."""
+    """Draw this many images into drawn/: ground truth (white) and detections (a colour per
+    class)."""
     min_score: float = 0.3
     """Score threshold for drawn boxes and --predict output (metrics use 0.001)."""
     batch_size: int = 8
+    """Images per batch on each process."""
     compile: CompileMode = "off"
+    """torch.compile mode of the inference step (worth it for large splits only)."""
     device: str = "auto"
-    output: Path = Path("runs/eval")
+    """"auto" = cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    output: Path | None = None
+    """Where the results go. Default: a new folder beside the checkpoint, eval-<checkpoint name>
+    (predict-<name> with --predict), numbered -2, -3, … so that no evaluation replaces another."""
+
+
+def output_dir(cfg: EvalConfig) -> Path:
+    """--output, or the first free `eval-<checkpoint stem>[-N]` beside the checkpoint."""
+    if cfg.output is not None:
+        return Path(cfg.output)
+    kind = "predict" if cfg.predict is not None else "eval"
+    base = Path(cfg.checkpoint).parent / f"{kind}-{Path(cfg.checkpoint).stem}"
+    candidate, number = base, 1
+    while candidate.exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
+def _make_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"--output {path}: cannot create it ({error.strerror}) — choose another --output"
+        ) from None
 
 
 def evaluate(
@@ -71,16 +108,18 @@ def evaluate(
     category_map: CategoryMap,
     device: torch.device,
     stop: StopRequest | None = None,
-) -> tuple[dict[str, float], list[dict]]:
-    """mAP over a COCO split. `predict_batch(batch)` → (detections, counts) in original-image
-    pixels (see `batch_predictor`); results are gathered from every rank."""
+) -> tuple[dict[str, float], list[dict], list[dict]]:
+    """(the 12 metrics, the COCO results, the per-class AP rows) over a COCO split.
+    `predict_batch(batch)` → (detections, counts) in original-image pixels (see
+    `batch_predictor`); results are gathered from every rank."""
     results: list[dict] = []
     for batch, dets, counts in detections(predict_batch, loader, device, stop):
         keep = (batch["image_ids"] >= 0).nonzero().flatten().tolist()
         image_ids = batch["image_ids"][keep].tolist()
         results += to_coco_results(dets[keep], counts[keep], image_ids, category_map.ids)
     results = gather_results(results)
-    return coco_metrics(coco_gt, results, coco_gt.getImgIds()), results
+    metrics, per_class = coco_scores(coco_gt, results, coco_gt.getImgIds())
+    return metrics, results, per_class
 
 
 @torch.no_grad()
@@ -140,7 +179,8 @@ class EvalSplit:
 
     def evaluate(
         self, predictor: Predictor, params: Params, stop: StopRequest | None = None
-    ) -> tuple[dict[str, float], list[dict]]:
+    ) -> tuple[dict[str, float], list[dict], list[dict]]:
+        """(metrics, COCO results, per-class AP rows) of `params` on this split."""
         predict = batch_predictor(predictor, params)
         return evaluate(predict, self.loader, self.coco, self.category_map, self.device, stop)
 
@@ -152,7 +192,11 @@ def run(cfg: EvalConfig) -> dict:
     try:
         params, mcfg = checkpoint.load(cfg.checkpoint, device=world.device, weights=cfg.weights)
         predictor = Predictor(mcfg, StepOptions(compile=cfg.compile), world.device)
-        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        # Every rank takes rank 0's choice: a folder made by one rank must not shift the others'.
+        chosen = distributed.all_gather_objects(output_dir(cfg))[0]
+        cfg = dataclasses.replace(cfg, output=Path(chosen))
+        if world.is_main:
+            _make_output_dir(cfg.output)
         if cfg.predict is not None:
             job = FolderJob(
                 cfg.predict, cfg.checkpoint, cfg.output, cfg.batch_size, cfg.draw, cfg.min_score
@@ -176,26 +220,30 @@ def _evaluate_checkpoint(cfg: EvalConfig, predictor: Predictor, params: Params, 
         num_workers=cfg.data.num_workers,
     )
     try:
-        metrics, results = split.evaluate(predictor, params)
+        metrics, results, per_class = split.evaluate(predictor, params)
     finally:
         split.close()
     if world.is_main:
-        _report(cfg, paths, split, metrics, results)
+        _report(cfg, paths, split, metrics, results, per_class)
     return metrics
 
 
-def _report(cfg: EvalConfig, paths: SplitPaths, split: EvalSplit, metrics, results) -> None:
+def _report(cfg: EvalConfig, paths: SplitPaths, split: EvalSplit, metrics, results, per_class):
     console = Console()
     out = Path(cfg.output)
     write_results(out / "detections.json", results)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_per_class_csv(out / "per_class_ap.csv", per_class)
     title = f"COCO bbox: {cfg.checkpoint.name} on {paths.annotations.name}"
     console.print(metrics_table(metrics, title=title))
+    console.print(per_class_table(per_class))
     console.print(
-        f"wrote {out / 'metrics.json'} and {out / 'detections.json'} ({len(results)} detections)"
+        f"wrote {out / 'metrics.json'}, {out / 'per_class_ap.csv'} and {out / 'detections.json'}"
+        f" ({len(results)} detections)"
     )
     if cfg.draw:
+        folder = out / "drawn"
         count = draw_results(
-            split.dataset, results, split.category_map, out / "draw", cfg.draw, cfg.min_score
+            split.dataset, results, split.category_map, folder, cfg.draw, cfg.min_score
         )
-        console.print(f"drew {count} images into {out / 'draw'}")
+        console.print(f"drew {count} images (ground truth and predictions) into {folder}")

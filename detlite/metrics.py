@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 from collections.abc import Sequence
@@ -68,9 +69,19 @@ def coco_metrics(
     coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None
 ) -> dict[str, float]:
     """The 12 COCO bbox metrics of `results` against `coco_gt` (restricted to `image_ids`)."""
+    return coco_scores(coco_gt, results, image_ids)[0]
+
+
+def coco_scores(
+    coco_gt: COCO, results: list[dict], image_ids: Sequence[int] | None = None
+) -> tuple[dict[str, float], list[dict]]:
+    """The 12 COCO bbox metrics and the per-class AP rows (`per_class_ap`) of one evaluation."""
     if not results:
         # pycocotools cannot load an empty result list; nothing detected scores zero everywhere.
-        return dict.fromkeys(METRIC_NAMES, 0.0)
+        empty = {"AP": 0.0, "AP50": 0.0}
+        return dict.fromkeys(METRIC_NAMES, 0.0), [
+            {**row, **empty} for row in _class_rows(coco_gt, image_ids)
+        ]
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
         # loadRes adds fields (area, id, ...) to the dicts it is given: give it copies.
@@ -82,7 +93,73 @@ def coco_metrics(
         evaluator.accumulate()
         evaluator.summarize()
     # pycocotools reports -1 where a metric has no ground truth (e.g. no small objects).
-    return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats, strict=True)}
+    metrics = {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats, strict=True)}
+    return metrics, per_class_ap(evaluator, coco_gt)
+
+
+def per_class_ap(evaluator: COCOeval, coco_gt: COCO) -> list[dict]:
+    """One row per category of an accumulated `evaluator`: AP over IoU 0.50:0.95 and AP50 (all
+    areas, 100 detections), as COCOeval's summary computes them for one category (-1: no
+    ground truth), with the number of ground-truth instances."""
+    precision = evaluator.eval["precision"]  # [IoU, recall, category, area, max detections]
+    rows = _class_rows(coco_gt, evaluator.params.imgIds)
+    for k, row in enumerate(rows):
+        at_all = precision[:, :, k, 0, -1]
+        for name, values in (("AP", at_all), ("AP50", at_all[0])):
+            valid = values[values > -1]
+            row[name] = float(valid.mean()) if valid.size else -1.0
+        # Precision at COCOeval's 101 recall points (-1 past the highest recall reached).
+        row["pr50"] = at_all[0].round(4).tolist()
+        row["pr"] = _mean_over_iou(at_all).round(4).tolist()
+    return rows
+
+
+def _mean_over_iou(precision: np.ndarray) -> np.ndarray:
+    """[IoU, recall] precision → [recall], averaged over the IoUs where it is defined."""
+    valid = precision > -1
+    total = np.where(valid, precision, 0.0).sum(0)
+    count = valid.sum(0)
+    return np.where(count > 0, total / np.maximum(count, 1), -1.0)
+
+
+def _class_rows(coco_gt: COCO, image_ids: Sequence[int] | None) -> list[dict]:
+    """The categories in COCOeval's order (sorted ids) with their non-crowd instance counts."""
+    ids = sorted(coco_gt.getCatIds())
+    images = coco_gt.getImgIds() if image_ids is None or len(image_ids) == 0 else image_ids
+    rows = []
+    for category_id in ids:
+        annotations = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=images, catIds=[category_id]))
+        rows.append(
+            {
+                "category_id": category_id,
+                "name": coco_gt.loadCats(category_id)[0].get("name", str(category_id)),
+                "instances": sum(1 for a in annotations if not a.get("iscrowd", 0)),
+            }
+        )
+    return rows
+
+
+def write_per_class_csv(path: Path, rows: list[dict]) -> None:
+    """per_class_ap.csv: category id, name, instances, AP, AP50."""
+    with open(path, "w", newline="") as f:
+        columns = ["category_id", "name", "instances", "AP", "AP50"]
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def per_class_table(rows: list[dict], title: str = "AP per class"):
+    """A rich Table of per-class AP, best first."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column, justify in (("class", "left"), ("instances", "right"), ("AP", "right"),
+                            ("AP50", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)
+    for row in sorted(rows, key=lambda r: -r["AP"]):
+        cells = ["n/a" if row[k] < 0 else f"{row[k]:.4f}" for k in ("AP", "AP50")]
+        table.add_row(row["name"], str(row["instances"]), *cells)
+    return table
 
 
 def write_results(path: str | Path, results: list[dict]) -> None:

@@ -21,7 +21,9 @@ class OptimConfig:
     lr: float = 0.08
     """Learning rate for a global batch of `lr_reference_batch` images (linear scaling rule)."""
     lr_reference_batch: int = 64
+    """The global batch --optim.lr is meant for; the LR used is lr × global batch / this."""
     momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 4e-5
     """L2 weight decay, not applied to 1-D tensors (biases, BN affine, BiFPN edge weights)."""
     clip_grad_norm: float = 10.0
@@ -35,6 +37,7 @@ class ScheduleConfig:
     """Cosine decay with linear warm-up, evaluated per step."""
 
     warmup_steps: int = 500
+    """Steps of linear warm-up from warmup_start_factor × peak LR to the peak LR."""
     warmup_start_factor: float = 0.1
     """LR at step 0 as a fraction of the peak LR."""
     min_lr_factor: float = 0.01

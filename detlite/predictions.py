@@ -13,7 +13,7 @@ from rich.console import Console
 from . import checkpoint
 from .data import CategoryMap, ImageFolder, eval_loader, read_image
 from .detect import batch_predictor, detections
-from .draw import save_drawing
+from .draw import draw_detections, drawing_name, save_image
 from .layers import Params
 from .steps import Predictor
 
@@ -72,10 +72,11 @@ def predict_folder(job: FolderJob, predictor: Predictor, params: Params, device)
             path = images.paths[index]
             predictions.append(_entry(path, kept, category_map))
             if drawn < job.draw:
-                drawing = job.output / "draw" / f"{path.stem}.jpg"
-                save_drawing(drawing, read_image(path), kept, category_map.names, job.min_score)
+                names = category_map.names
+                drawing = draw_detections(read_image(path), kept, names, job.min_score)
+                save_image(job.output / "drawn" / drawing_name(path), drawing)
                 drawn += 1
     (job.output / "predictions.json").write_text(json.dumps(predictions, indent=1))
-    note = f"; drew {drawn} into {job.output / 'draw'}" if drawn else ""
+    note = f"; drew {drawn} into {job.output / 'drawn'}" if drawn else ""
     Console().print(f"{len(predictions)} images → {job.output / 'predictions.json'}{note}")
     return {"images": len(predictions)}

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import checkpoint, distributed, model, rundir
+from . import checkpoint, distributed, model, run_outputs, rundir
 from .checkpoint import Checkpointer, TrainingState, TrainingTensors
 from .config import ModelConfig
 from .dashboard import Dashboard
@@ -139,9 +139,13 @@ class Run:
         rank 0 writes the detections to `eval-step<N>.json` and shows the metrics."""
         assert self.val is not None, "no val split to evaluate on"
         weights = self.ema if self.ema is not None else self.params
-        metrics, results = self.val.evaluate(self.predictor, weights, self.stop)
+        metrics, results, per_class = self.val.evaluate(self.predictor, weights, self.stop)
         if self.world.is_main:
             write_results(rundir.eval_results(Path(self.cfg.output), step), results)
+            run_dir, val_set = Path(self.cfg.output), self.val.dataset
+            run_outputs.after_evaluation(
+                run_dir, step, per_class, val_set, results, self.category_map
+            )
             kind = "EMA" if self.ema is not None else "raw"
             self.dash.print(
                 metrics_table(metrics, title=f"COCO bbox, val, step {step} ({kind} weights)")
@@ -223,6 +227,8 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     )
     for line in [*notes, _summary_line(run, len(train_set), restored is not None)]:
         dash.log(line)
+    if _writes(cfg, world):
+        run_outputs.at_start(Path(cfg.output), cfg, train_set)
     return run
 
 

@@ -139,7 +139,7 @@ _COCO = TrainConfig(
 
 RECIPES: dict[str, tuple[str, TrainConfig]] = {
     "builtin": (
-        "the default: Lite0 (ImageNet backbone) on the built-in dataset; minutes on a CPU",
+        "Lite0 (ImageNet backbone) on the built-in dataset; minutes on a CPU",
         _BUILTIN,
     ),
     "coco": (

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from . import distributed, validate
+from . import distributed, run_outputs, validate
 from .benchmark import benchmark
 from .errors import DetliteError, Interrupted
 from .optim import lr_at
@@ -53,6 +53,8 @@ def loop(run: Run) -> dict[str, Any]:
             break
         lr = lr_at(step, run.total_steps, run.peak_lr, cfg.schedule)
         losses = run.step(micro_batches, lr)
+        if run.dash.enabled and step == run.state.step:  # the run's (or this resume's) first step
+            run_outputs.first_batch(cfg.output, micro_batches[0], run.category_map.names)
         step += 1
         window.add(run.global_batch, sum(int(b["num_overflow"]) for b in micro_batches))
         run.report_unreadable([reason for b in micro_batches for reason in b["unreadable"]])
@@ -139,6 +141,8 @@ def _finish(run: Run, step: int, last: dict[str, Any]) -> dict[str, Any]:
             ) from None
         if run.checkpointer.is_best(summary["metrics"]["AP"], run.state):
             run.save(step, metric=summary["metrics"]["AP"])
+    if run.dash.enabled:
+        summary["plots"] = [str(p) for p in run_outputs.plots(run.cfg.output)]
     run.dash.close()
     return summary
 

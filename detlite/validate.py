@@ -194,4 +194,5 @@ def check_eval_config(cfg: Any) -> None:
     check_existing(cfg.checkpoint, "checkpoint")
     check_existing(cfg.predict, "--predict", directory=True)
     check_device(cfg.device)
-    check_output_dir(cfg.output)
+    if cfg.output is not None:  # else a new folder beside the checkpoint
+        check_output_dir(cfg.output)

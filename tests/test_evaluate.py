@@ -89,11 +89,14 @@ def test_ground_truth_as_detections_scores_map_one(dataset):
             image_scales=1.0 / batch["scales"],
         )
 
-    metrics, results = evaluate(
+    metrics, results, per_class = evaluate(
         predict_batch, loader, COCO(str(gt_json)), ds.category_map, torch.device("cpu")
     )
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
     assert {r["category_id"] for r in results} == {3, 7, 90}  # original ids, not labels
+    assert [(r["category_id"], r["instances"], r["AP"]) for r in per_class] == [
+        (3, 3, pytest.approx(1.0)), (7, 3, pytest.approx(1.0)), (90, 2, pytest.approx(1.0))
+    ]  # fmt: skip
 
 
 def test_no_detections_scores_zero(dataset):
@@ -141,3 +144,44 @@ def test_a_split_parses_its_annotation_file_once(dataset, monkeypatch):
     assert parsed == [str(gt_json)]
     assert split.category_map.ids == (3, 7, 90) and len(split.dataset) == 4
     assert split.coco.getImgIds() == [1, 2, 3, 4]
+
+
+def test_per_class_ap_equals_cocoeval_restricted_to_each_category(dataset):
+    """Imperfect detections (shifted, missed, false, low-scored): each category's AP and AP50
+    equal what COCOeval itself reports when evaluating that category alone."""
+    import contextlib
+    import io
+    import random
+
+    from pycocotools.cocoeval import COCOeval
+
+    from detlite.metrics import coco_scores
+
+    gt_json, _ = dataset
+    coco = COCO(str(gt_json))
+    rng = random.Random(0)
+    results = []
+    for image_id, (_, boxes) in IMAGES.items():
+        for x, y, w, h, cat in boxes:
+            for spread in (0.03, 0.15, 0.6):  # near, shifted and far copies, random scores
+                dx, dy = rng.uniform(-spread, spread) * w, rng.uniform(-spread, spread) * h
+                bbox = [x + dx, y + dy, w * (1 + rng.uniform(-spread, spread) / 2), h]
+                results.append(
+                    {"image_id": image_id, "category_id": cat, "bbox": bbox,
+                     "score": rng.random()}
+                )  # fmt: skip
+        results.append(
+            {"image_id": image_id, "category_id": 90, "bbox": [1, 1, 9, 9], "score": 0.5}
+        )
+    _, per_class = coco_scores(coco, results)
+    for row in per_class:
+        with contextlib.redirect_stdout(io.StringIO()):
+            alone = COCOeval(coco, coco.loadRes([dict(r) for r in results]), iouType="bbox")
+            alone.params.catIds = [row["category_id"]]
+            alone.evaluate()
+            alone.accumulate()
+            alone.summarize()
+        assert row["AP"] == pytest.approx(alone.stats[0], abs=1e-12)
+        assert row["AP50"] == pytest.approx(alone.stats[1], abs=1e-12)
+    assert len({round(r["AP"], 6) for r in per_class}) > 1  # the categories differ: a real check
+    assert all(0 < r["AP"] < 1 for r in per_class), per_class

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,7 +97,25 @@ def test_eval_cli_writes_metrics_and_coco_results(first_run, tiny_coco, tmp_path
     assert saved == pytest.approx(metrics)
     coco = COCO(str(tiny_coco["val_json"]))
     coco.loadRes(str(tmp_path / "eval" / "detections.json"))  # valid COCO results file
-    assert len(list((tmp_path / "eval" / "draw").glob("*.jpg"))) == 2
+    drawn = sorted(p.name for p in (tmp_path / "eval" / "drawn").iterdir())
+    val = json.loads(tiny_coco["val_json"].read_text())["images"]
+    assert drawn == sorted(Path(i["file_name"]).name for i in val[:2])  # the inputs' own names
+    per_class = (tmp_path / "eval" / "per_class_ap.csv").read_text().splitlines()
+    assert per_class[0] == "category_id,name,instances,AP,AP50"
+    assert len(per_class) == 1 + len(json.loads(tiny_coco["val_json"].read_text())["categories"])
+
+
+def test_each_evaluation_gets_its_own_folder_beside_the_checkpoint(first_run, tiny_coco, tmp_path):
+    out, _ = first_run
+    checkpoint_copy = tmp_path / "run" / "best.safetensors"
+    checkpoint_copy.parent.mkdir()
+    checkpoint_copy.write_bytes((out / "best.safetensors").read_bytes())
+    data = train_cli.parse(_args(tiny_coco, out)).data
+    for _ in range(2):
+        evaluate.run(evaluate.EvalConfig(checkpoint=checkpoint_copy, data=data))
+    folders = sorted(p.name for p in checkpoint_copy.parent.iterdir() if p.is_dir())
+    assert folders == ["eval-best", "eval-best-2"]  # the second did not replace the first
+    assert all((checkpoint_copy.parent / f / "metrics.json").is_file() for f in folders)
 
 
 def test_resume_refuses_corrupt_and_weights_only_files(first_run, tiny_coco, tmp_path):

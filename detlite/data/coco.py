@@ -256,6 +256,10 @@ class CocoDetection:
     def image_path(self, index: int) -> Path:
         return self.image_dir / str(self._file_names[index])
 
+    def all_annotations(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(boxes [N, 4], labels [N])` of every image together (ignore regions labelled -2)."""
+        return self._boxes, self._labels
+
     def annotations(self, index: int) -> tuple[Tensor, Tensor]:
         """`(boxes [N, 4], labels [N])` of the i-th image, without decoding it."""
         start, stop = self._offsets[index], self._offsets[index + 1]

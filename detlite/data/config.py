@@ -23,7 +23,9 @@ class EvalDataConfig:
     root: Path | None = None
     """A COCO root with annotations/instances_{train,val}2017.json and {train,val}2017/."""
     val_json: Path | None = None
+    """The val split's COCO annotation file (instead of --data.root's); needs --data.val-images."""
     val_images: Path | None = None
+    """The folder the val split's file_name entries are relative to."""
     builtin_dir: Path | None = None
     """Where the built-in dataset is written (default ~/.cache/detlite/builtin-v1)."""
     num_workers: int = 2
@@ -35,13 +37,18 @@ class DataConfig(EvalDataConfig):
     """COCO-format data; with nothing set, the built-in dataset is used."""
 
     train_json: Path | None = None
+    """The train split's COCO annotation file (instead of --data.root's); needs
+    --data.train-images."""
     train_images: Path | None = None
+    """The folder the train split's file_name entries are relative to."""
     max_boxes: int = 100
     """Ground-truth boxes kept per image (the largest; the overflow is counted and logged)."""
     scale_min: float = 0.1
+    """Smallest random scale of the input size (scale jitter; the paper's 0.1)."""
     scale_max: float = 2.0
-    """Random scale jitter of the input size (the paper's 0.1–2.0)."""
+    """Largest random scale of the input size (the paper's 2.0)."""
     hflip: float = 0.5
+    """Probability of a horizontal flip of a training image and its boxes."""
     bad_images: Literal["skip", "error"] = "skip"
     """A training image that exists but cannot be decoded: replace it by the next readable one
     (counted and logged), or stop the run. Evaluation always stops, naming the file."""
