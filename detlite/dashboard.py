@@ -1,24 +1,21 @@
-"""What rank 0 shows the person: a rich progress bar on a terminal, plain lines elsewhere, and
-always a JSON-lines metrics file in the run directory. Other ranks stay quiet."""
+"""What rank 0 shows the person: a live rich dashboard on a terminal (`detlite.dashboard_view`),
+plain grep-able lines elsewhere (CI, files, pipes), and always a JSON-lines metrics file in the
+run directory. Other ranks stay quiet."""
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.live import Live
 
+from .dashboard_view import DashState, render, summary_lines
 from .rundir import METRICS
 
 
@@ -37,40 +34,53 @@ class MetricsFile:
         self._file.close()
 
 
-class Dashboard:
-    """Progress of a training run on rank 0; silent (but still writing nothing) on other ranks."""
+def _rss_gb() -> float:
+    """This process's resident memory (Linux /proc; elsewhere its peak)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * resource.getpagesize() / 1e9
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool) -> None:
+
+class Dashboard:
+    """Progress of a training run on rank 0; silent on other ranks."""
+
+    def __init__(
+        self, run_dir: Path, total_steps: int, start_step: int, enabled: bool, compiling=False
+    ) -> None:
         self.enabled = enabled
-        self.console = Console(stderr=False)
+        self.console = Console()
         self.metrics = MetricsFile(run_dir / METRICS) if enabled else None
         self.interactive = enabled and self.console.is_terminal
         self.total_steps = total_steps
-        self._progress: Progress | None = None
+        first = "compiling the first step (a minute or more)…" if compiling else "first step…"
+        self.state = DashState(
+            total_steps=total_steps, start_step=start_step, step=start_step, status=first
+        )
+        self._live: Live | None = None
         if self.interactive:
-            self._progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+            self._live = Live(
                 console=self.console,
-                transient=False,
+                get_renderable=lambda: render(self.state, self.console.width),
+                refresh_per_second=2,
             )
-            self._task = self._progress.add_task(
-                "train", total=total_steps, completed=start_step, stats=""
-            )
-            self._progress.start()
+            self._live.start()
+
+    def set_header(self, header: dict[str, str]) -> None:
+        self.state.header = header
 
     def log(self, message: str) -> None:
-        if not self.enabled:
-            return
-        if self._progress is not None:
-            self._progress.console.print(message)
+        if self.enabled:
+            self._print(message)
+
+    def _print(self, renderable: Any) -> None:
+        if self._live is not None:
+            self._live.console.print(renderable)
+        elif isinstance(renderable, str):
+            print(renderable, flush=True)
         else:
-            print(message, flush=True)
+            Console(file=sys.stdout).print(renderable)
 
     def step(self, step: int, record: dict[str, Any]) -> None:
         """Record the metrics of optimizer step `step` (1-based count of steps done)."""
@@ -78,33 +88,69 @@ class Dashboard:
             return
         assert self.metrics is not None
         self.metrics.write({"step": step, **record})
-        stats = (
-            f"loss {record['loss']:.4f} (cls {record['cls_loss']:.4f} box {record['box_loss']:.5f})"
-            f"  lr {record['lr']:.2e}  {record['img_per_s']:.1f} img/s"
+        state = self.state
+        state.step, state.epoch, state.lr, state.status = (
+            step,
+            record["epoch"],
+            record["lr"],
+            "training",
         )
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step, stats=stats)
-        else:
-            print(f"step {step}/{self.total_steps}  {stats}", flush=True)
+        state.add_losses(record)
+        state.rss_gb = _rss_gb()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state.cuda_peak_gb = torch.cuda.max_memory_allocated() / 1e9
+        if self._live is None:
+            print(
+                f"step {step}/{self.total_steps}  loss {record['loss']:.4f} "
+                f"(cls {record['cls_loss']:.4f} box {record['box_loss']:.5f})  "
+                f"lr {record['lr']:.2e}  {record['img_per_s']:.1f} img/s",
+                flush=True,
+            )
 
-    def advance(self, step: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step)
+    def advance(self, step: int, images: int = 0, wait_s: float = 0.0) -> None:
+        """Step `step` is done: `images` trained, `wait_s` seconds spent waiting for data."""
+        self.state.step = step
+        self.state.add_throughput(images, wait_s, time.monotonic())
+
+    def warn_count(self, name: str, count: int) -> None:
+        self.state.warnings[name] = count
+
+    def checkpoint(self, step: int) -> None:
+        self.state.checkpoint = (step, time.monotonic())
+
+    def evaluating(self, done: int, total: int) -> None:
+        """Evaluation progress: `done` of `total` batches (done == total: finished)."""
+        if done == 0 or self.state.eval_progress is None:
+            self.state.eval_progress = (done, total, time.monotonic())
+        else:
+            self.state.eval_progress = (done, total, self.state.eval_progress[2])
+        if done >= total:
+            self.state.eval_progress = None
 
     def record(self, record: dict[str, Any]) -> None:
         if self.metrics is not None:
             self.metrics.write(record)
+        if "eval" in record:
+            metrics, step = record["eval"], record["step"]
+            self.state.last_eval, self.state.eval_step = metrics, step
+            if self.state.best is None or metrics["AP"] > self.state.best[0]:
+                self.state.best = (metrics["AP"], step)
 
     def print(self, renderable: Any) -> None:
-        if not self.enabled:
-            return
-        if self._progress is not None:
-            self._progress.console.print(renderable)
-        else:
-            Console(file=sys.stdout).print(renderable)
+        if self.enabled:
+            self._print(renderable)
 
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    def close(self, run_dir: Path | None = None) -> None:
+        """Stop the live view; with `run_dir`, print the summary of the run."""
+        if self._live is not None:
+            self.state.status = "done"
+            self._live.stop()
+            self._live = None
+        if self.enabled and run_dir is not None:
+            best = Path(run_dir) / "best.safetensors"
+            path = str(best) if best.is_file() else None
+            for line in summary_lines(self.state, path, str(run_dir)):
+                self._print(line)
         if self.metrics is not None:
             self.metrics.close()
+            self.metrics = None

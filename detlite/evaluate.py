@@ -108,15 +108,19 @@ def evaluate(
     category_map: CategoryMap,
     device: torch.device,
     stop: StopRequest | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, float], list[dict], list[dict]]:
     """(the 12 metrics, the COCO results, the per-class AP rows) over a COCO split.
     `predict_batch(batch)` → (detections, counts) in original-image pixels (see
     `batch_predictor`); results are gathered from every rank."""
     results: list[dict] = []
-    for batch, dets, counts in detections(predict_batch, loader, device, stop):
+    total = len(loader)
+    for done, (batch, dets, counts) in enumerate(detections(predict_batch, loader, device, stop)):
         keep = (batch["image_ids"] >= 0).nonzero().flatten().tolist()
         image_ids = batch["image_ids"][keep].tolist()
         results += to_coco_results(dets[keep], counts[keep], image_ids, category_map.ids)
+        if progress is not None:
+            progress(done + 1, total)
     results = gather_results(results)
     metrics, per_class = coco_scores(coco_gt, results, coco_gt.getImgIds())
     return metrics, results, per_class
@@ -178,11 +182,18 @@ class EvalSplit:
         shutdown_workers(self.loader)
 
     def evaluate(
-        self, predictor: Predictor, params: Params, stop: StopRequest | None = None
+        self,
+        predictor: Predictor,
+        params: Params,
+        stop: StopRequest | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[dict[str, float], list[dict], list[dict]]:
-        """(metrics, COCO results, per-class AP rows) of `params` on this split."""
+        """(metrics, COCO results, per-class AP rows) of `params` on this split;
+        `progress(batches done, total)` after each batch."""
         predict = batch_predictor(predictor, params)
-        return evaluate(predict, self.loader, self.coco, self.category_map, self.device, stop)
+        return evaluate(
+            predict, self.loader, self.coco, self.category_map, self.device, stop, progress
+        )
 
 
 def run(cfg: EvalConfig) -> dict:

@@ -129,6 +129,7 @@ class Run:
         for reason in reasons:
             if reason not in self.unreadable:
                 self.unreadable.add(reason)
+                self.dash.warn_count("unreadable images", len(self.unreadable))
                 self.dash.log(
                     f"warning: {reason}; replaced by the next readable image "
                     f"({len(self.unreadable)} so far; --data.bad-images error stops instead)"
@@ -139,7 +140,10 @@ class Run:
         rank 0 writes the detections to `eval-step<N>.json` and shows the metrics."""
         assert self.val is not None, "no val split to evaluate on"
         weights = self.ema if self.ema is not None else self.params
-        metrics, results, per_class = self.val.evaluate(self.predictor, weights, self.stop)
+        progress = self.dash.evaluating
+        metrics, results, per_class = self.val.evaluate(
+            self.predictor, weights, self.stop, progress
+        )
         if self.world.is_main:
             write_results(rundir.eval_results(Path(self.cfg.output), step), results)
             run_dir, val_set = Path(self.cfg.output), self.val.dataset
@@ -159,7 +163,7 @@ class Run:
         # Every rank's generators (drop path draws from them), gathered on every rank.
         rng = distributed.all_gather_objects(checkpoint.training.rng_states())
         tensors = TrainingTensors(self.params, self.ema, self.optimizer, self.trainable, rng)
-        return self.checkpointer.save(
+        path = self.checkpointer.save(
             step,
             tensors,
             self.model_cfg,
@@ -168,6 +172,8 @@ class Run:
             metric=metric,
             best_if_unevaluated=final,
         )
+        self.dash.checkpoint(step)
+        return path
 
 
 def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
@@ -195,7 +201,8 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     notes += [line for line in [val and val.dataset.stats.report("val")] if line]
     if cfg.overwrite and _writes(cfg, world) and (removed := rundir.clear(Path(cfg.output))):
         notes.append(f"--overwrite: removed the {len(removed)} files of the earlier run")
-    dash = Dashboard(Path(cfg.output), total_steps, state.step, enabled=_writes(cfg, world))
+    compiling = cfg.compile != "off"
+    dash = Dashboard(Path(cfg.output), total_steps, state.step, _writes(cfg, world), compiling)
     checkpointer = Checkpointer(
         Path(cfg.output), cfg.checkpoint_every, cfg.keep_checkpoints,
         writer=_writes(cfg, world), log=dash.log,
@@ -227,6 +234,7 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     )
     for line in [*notes, _summary_line(run, len(train_set), restored is not None)]:
         dash.log(line)
+    dash.set_header(_header(run, len(train_set)))
     if _writes(cfg, world):
         run_outputs.at_start(Path(cfg.output), cfg, train_set)
     return run
@@ -362,6 +370,20 @@ def _open_val(cfg: TrainConfig, paths, world, model_cfg, category_map) -> EvalSp
         world=world,
         num_workers=cfg.data.num_workers,
     )
+
+
+def _header(run: Run, num_images: int) -> dict[str, str]:
+    """The dashboard's header: what this run is."""
+    mcfg, cfg = run.model_cfg, run.cfg
+    val = len(run.val.dataset) if run.val is not None else 0
+    return {
+        "run": str(cfg.output),
+        "model": f"{mcfg.name} at {mcfg.image_size}, {mcfg.num_classes} classes, "
+        f"{model.num_parameters(run.params) / 1e6:.2f} M parameters",
+        "data": f"{num_images} train / {val} val images, global batch {run.global_batch}",
+        "device": f"{run.world.device} × {run.world.world_size}, {cfg.precision.dtype}, "
+        f"compile {cfg.compile}",
+    }
 
 
 def _summary_line(run: Run, num_images: int, resumed: bool) -> str:

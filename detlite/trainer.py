@@ -48,7 +48,9 @@ def loop(run: Run) -> dict[str, Any]:
     step = run.state.step
     last: dict[str, Any] = {"loss": float("nan")}
     window = _Window()
+    ready = time.perf_counter()
     for micro_batches in run.batches():
+        waited = time.perf_counter() - ready  # for data: the loader did not keep up
         if step >= run.total_steps:
             break
         lr = lr_at(step, run.total_steps, run.peak_lr, cfg.schedule)
@@ -58,10 +60,9 @@ def loop(run: Run) -> dict[str, Any]:
         step += 1
         window.add(run.global_batch, sum(int(b["num_overflow"]) for b in micro_batches))
         run.report_unreadable([reason for b in micro_batches for reason in b["unreadable"]])
+        run.dash.advance(step, run.global_batch, waited)
         if step % cfg.log_every == 0 or step == run.total_steps:
             last = _log(run, step, losses, lr, window)
-        else:
-            run.dash.advance(step)
         if run.stop_agreed():
             _stop(run, step, _save(run, step))
         saved = False
@@ -72,6 +73,7 @@ def loop(run: Run) -> dict[str, Any]:
                 _save(run, step, metric)
         if run.checkpointer.due(step, run.total_steps) and not saved:
             _save(run, step)
+        ready = time.perf_counter()
     return _finish(run, step, last)
 
 
@@ -143,7 +145,7 @@ def _finish(run: Run, step: int, last: dict[str, Any]) -> dict[str, Any]:
             run.save(step, metric=summary["metrics"]["AP"])
     if run.dash.enabled:
         summary["plots"] = [str(p) for p in run_outputs.plots(run.cfg.output)]
-    run.dash.close()
+    run.dash.close(run.cfg.output)
     return summary
 
 
@@ -151,11 +153,12 @@ class _Window:
     """Images and ground-truth overflow since the last log line, for throughput."""
 
     def __init__(self) -> None:
-        self.images, self.start, self.overflow = 0, time.perf_counter(), 0
+        self.images, self.start, self.overflow, self.total_overflow = 0, time.perf_counter(), 0, 0
 
     def add(self, images: int, overflow: int) -> None:
         self.images += images
         self.overflow += overflow
+        self.total_overflow += overflow
 
     def rate(self) -> float:
         """Images per second since the last `rate`, which starts a new window."""
@@ -180,4 +183,5 @@ def _log(run: Run, step: int, losses, lr: float, window: _Window) -> dict[str, A
         "gt_overflow": window.overflow,
     }
     run.dash.step(step, record)
+    run.dash.warn_count("boxes over --data.max-boxes", window.total_overflow)
     return record
