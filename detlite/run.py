@@ -201,13 +201,7 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     notes += [line for line in [val and val.dataset.stats.report("val")] if line]
     if cfg.overwrite and _writes(cfg, world) and (removed := rundir.clear(Path(cfg.output))):
         notes.append(f"--overwrite: removed the {len(removed)} files of the earlier run")
-    compiling = cfg.compile != "off"
-    dash = Dashboard(Path(cfg.output), total_steps, state.step, _writes(cfg, world), compiling)
-    checkpointer = Checkpointer(
-        Path(cfg.output), cfg.checkpoint_every, cfg.keep_checkpoints,
-        writer=_writes(cfg, world), log=dash.log,
-    )  # fmt: skip
-    checkpointer.prepare()
+    dash, checkpointer = _dashboard_and_checkpointer(cfg, world, total_steps, state.step)
     options = _step_options(cfg, world)
     loss = TrainingLoss(model_cfg, options, world.device)
     run = Run(
@@ -234,10 +228,20 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     )
     for line in [*notes, _summary_line(run, len(train_set), restored is not None)]:
         dash.log(line)
-    dash.set_header(_header(run, len(train_set)))
+    dash.set_header(run_outputs.header(run, len(train_set)))
     if _writes(cfg, world):
         run_outputs.at_start(Path(cfg.output), cfg, train_set)
     return run
+
+
+def _dashboard_and_checkpointer(cfg: TrainConfig, world, total_steps: int, start_step: int):
+    writes = _writes(cfg, world)
+    dash = Dashboard(Path(cfg.output), total_steps, start_step, writes, cfg.compile != "off")
+    checkpointer = Checkpointer(
+        Path(cfg.output), cfg.checkpoint_every, cfg.keep_checkpoints, writer=writes, log=dash.log
+    )
+    checkpointer.prepare()  # stale temporary files of a killed write
+    return dash, checkpointer
 
 
 def _check_run_dir(cfg: TrainConfig, world: distributed.World) -> None:
@@ -370,20 +374,6 @@ def _open_val(cfg: TrainConfig, paths, world, model_cfg, category_map) -> EvalSp
         world=world,
         num_workers=cfg.data.num_workers,
     )
-
-
-def _header(run: Run, num_images: int) -> dict[str, str]:
-    """The dashboard's header: what this run is."""
-    mcfg, cfg = run.model_cfg, run.cfg
-    val = len(run.val.dataset) if run.val is not None else 0
-    return {
-        "run": str(cfg.output),
-        "model": f"{mcfg.name} at {mcfg.image_size}, {mcfg.num_classes} classes, "
-        f"{model.num_parameters(run.params) / 1e6:.2f} M parameters",
-        "data": f"{num_images} train / {val} val images, global batch {run.global_batch}",
-        "device": f"{run.world.device} × {run.world.world_size}, {cfg.precision.dtype}, "
-        f"compile {cfg.compile}",
-    }
 
 
 def _summary_line(run: Run, num_images: int, resumed: bool) -> str:

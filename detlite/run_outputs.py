@@ -13,6 +13,7 @@ import torch
 from . import results
 from .data import CategoryMap, CocoDetection
 from .draw import draw_detections, drawn_image, grid, results_by_image, save_image
+from .model import num_parameters
 from .rundir import TRAIN_BATCH, VAL_PREDICTIONS
 
 _VAL_GRID_IMAGES = 16
@@ -62,3 +63,17 @@ def plots(run_dir: Path) -> list[Path]:
     from .plot import plot_run  # matplotlib only when plotting
 
     return plot_run(run_dir)
+
+
+def header(run, num_images: int) -> dict[str, str]:
+    """The dashboard's header: what this run is."""
+    mcfg, cfg = run.model_cfg, run.cfg
+    val = len(run.val.dataset) if run.val is not None else 0
+    return {
+        "run": str(cfg.output),
+        "model": f"{mcfg.name} at {mcfg.image_size}, {mcfg.num_classes} classes, "
+        f"{num_parameters(run.params) / 1e6:.2f} M parameters",
+        "data": f"{num_images} train / {val} val images, global batch {run.global_batch}",
+        "device": f"{run.world.device} × {run.world.world_size}, {cfg.precision.dtype}, "
+        f"compile {cfg.compile}",
+    }
