@@ -126,14 +126,9 @@ def evaluate(
     return metrics, results, per_class
 
 
-@torch.no_grad()
 def gather_results(local: list[dict]) -> list[dict]:
     """All ranks' results on every rank (identity in a single process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return local
-    gathered: list[list[dict] | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, local)
-    return [r for part in gathered for r in (part or [])]
+    return [r for part in distributed.all_gather_objects(local) for r in part]
 
 
 @dataclass(frozen=True)

@@ -146,15 +146,15 @@ class Run:
         )
         if self.world.is_main:
             write_results(rundir.eval_results(Path(self.cfg.output), step), results)
-            run_dir, val_set = Path(self.cfg.output), self.val.dataset
-            run_outputs.after_evaluation(
-                run_dir, step, per_class, val_set, results, self.category_map
-            )
             kind = "EMA" if self.ema is not None else "raw"
             self.dash.print(
                 metrics_table(metrics, title=f"COCO bbox, val, step {step} ({kind} weights)")
             )
-            self.dash.record({"step": step, "eval": metrics})
+            self.dash.record({"step": step, "eval": metrics})  # before the plots, which read it
+            run_dir, val_set = Path(self.cfg.output), self.val.dataset
+            run_outputs.after_evaluation(
+                run_dir, step, per_class, val_set, results, self.category_map
+            )
         return metrics
 
     def save(self, step: int, metric: float | None = None, final: bool = False) -> Path:

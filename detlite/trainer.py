@@ -45,7 +45,7 @@ def loop(run: Run) -> dict[str, Any]:
     """Train `run` (from `detlite.run.build`) to its last step, then finish: final checkpoint,
     final evaluation; returns a summary dict."""
     cfg = run.cfg
-    step = run.state.step
+    step = first_step = run.state.step
     last: dict[str, Any] = {"loss": float("nan")}
     window = _Window()
     ready = time.perf_counter()
@@ -55,7 +55,7 @@ def loop(run: Run) -> dict[str, Any]:
             break
         lr = lr_at(step, run.total_steps, run.peak_lr, cfg.schedule)
         losses = run.step(micro_batches, lr)
-        if run.dash.enabled and step == run.state.step:  # the run's (or this resume's) first step
+        if run.dash.enabled and step == first_step:  # the run's (or this resume's) first step
             run_outputs.first_batch(cfg.output, micro_batches[0], run.category_map.names)
         step += 1
         window.add(run.global_batch, sum(int(b["num_overflow"]) for b in micro_batches))
@@ -143,8 +143,8 @@ def _finish(run: Run, step: int, last: dict[str, Any]) -> dict[str, Any]:
             ) from None
         if run.checkpointer.is_best(summary["metrics"]["AP"], run.state):
             run.save(step, metric=summary["metrics"]["AP"])
-    if run.dash.enabled:
-        summary["plots"] = [str(p) for p in run_outputs.plots(run.cfg.output)]
+    if run.dash.enabled and not evaluating:  # an evaluation has drawn them already
+        run_outputs.plots(run.cfg.output)
     run.dash.close(run.cfg.output)
     return summary
 
