@@ -8,7 +8,7 @@ import pytest
 from detlite.data import ensure_builtin
 
 
-def _subset(src_json: Path, dst_json: Path, count: int) -> None:
+def subset_coco(src_json: Path, dst_json: Path, count: int) -> None:
     data = json.loads(src_json.read_text())
     images = sorted(data["images"], key=lambda im: im["id"])[:count]
     ids = {im["id"] for im in images}
@@ -26,8 +26,8 @@ def builtin_paths(tmp_path_factory):
 def tiny_coco(builtin_paths, tmp_path_factory):
     """8 train and 4 val images of the built-in dataset, as COCO JSON + image folders."""
     root = tmp_path_factory.mktemp("tiny")
-    _subset(builtin_paths.train_json, root / "train.json", 8)
-    _subset(builtin_paths.val_json, root / "val.json", 4)
+    subset_coco(builtin_paths.train_json, root / "train.json", 8)
+    subset_coco(builtin_paths.val_json, root / "val.json", 4)
     return {
         "train_json": root / "train.json",
         "train_images": builtin_paths.train_images,
