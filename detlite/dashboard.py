@@ -17,6 +17,7 @@ from rich.live import Live
 
 from .dashboard_view import DashState, render, summary_lines
 from .rundir import METRICS
+from .tensorboard_log import TensorBoardLog
 
 
 class MetricsFile:
@@ -47,11 +48,19 @@ class Dashboard:
     """Progress of a training run on rank 0; silent on other ranks."""
 
     def __init__(
-        self, run_dir: Path, total_steps: int, start_step: int, enabled: bool, compiling=False
+        self,
+        run_dir: Path,
+        total_steps: int,
+        start_step: int,
+        enabled: bool,
+        compiling: bool = False,
+        tensorboard: bool = False,
+        console: Console | None = None,
     ) -> None:
         self.enabled = enabled
-        self.console = Console()
+        self.console = console or Console()
         self.metrics = MetricsFile(run_dir / METRICS) if enabled else None
+        self.tensorboard = TensorBoardLog(run_dir, start_step) if enabled and tensorboard else None
         self.interactive = enabled and self.console.is_terminal
         self.total_steps = total_steps
         first = "compiling the first step (a minute or more)…" if compiling else "first step…"
@@ -59,6 +68,7 @@ class Dashboard:
             total_steps=total_steps, start_step=start_step, step=start_step, status=first
         )
         self._live: Live | None = None
+        self._width = self.console.width
         if self.interactive:
             self._live = Live(
                 console=self.console,
@@ -88,6 +98,8 @@ class Dashboard:
             return
         assert self.metrics is not None
         self.metrics.write({"step": step, **record})
+        if self.tensorboard is not None:
+            self.tensorboard.step(step, record)
         state = self.state
         state.step, state.epoch, state.lr, state.status = (
             step,
@@ -107,10 +119,21 @@ class Dashboard:
                 flush=True,
             )
 
-    def advance(self, step: int, images: int = 0, wait_s: float = 0.0) -> None:
-        """Step `step` is done: `images` trained, `wait_s` seconds spent waiting for data."""
-        self.state.step = step
+    def advance(self, step: int, epoch: float, images: int = 0, wait_s: float = 0.0) -> None:
+        """Step `step` is done (`epoch` epochs): `images` trained, `wait_s` seconds spent
+        waiting for data."""
+        self.state.step, self.state.epoch = step, epoch
         self.state.add_throughput(images, wait_s, time.monotonic())
+        self._clear_if_narrowed()
+
+    def _clear_if_narrowed(self) -> None:
+        """A terminal made narrower re-wraps the frame on screen into more lines than the live
+        view knows to redraw, which would leave its remains above the next frame: clear the
+        screen once, and the next frame is drawn whole at the top."""
+        width = self.console.width
+        if self._live is not None and width < self._width:
+            self.console.clear()
+        self._width = width
 
     def warn_count(self, name: str, count: int) -> None:
         self.state.warnings[name] = count
@@ -126,10 +149,15 @@ class Dashboard:
             self.state.eval_progress = (done, total, self.state.eval_progress[2])
         if done >= total:
             self.state.eval_progress = None
+        self._clear_if_narrowed()
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: dict[str, Any], per_class: list[dict] | None = None) -> None:
+        """A record for metrics.jsonl; an evaluation's (`"eval"`) also updates the view and,
+        with its `per_class` rows, TensorBoard."""
         if self.metrics is not None:
             self.metrics.write(record)
+        if "eval" in record and self.tensorboard is not None:
+            self.tensorboard.evaluation(record["step"], record["eval"], per_class or [])
         if "eval" in record:
             metrics, step = record["eval"], record["step"]
             self.state.last_eval, self.state.eval_step = metrics, step
@@ -154,3 +182,6 @@ class Dashboard:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None

@@ -154,6 +154,9 @@ def summary_lines(state: DashState, best_path: str | None, run_dir: str) -> list
         lines.append(f"best AP {state.best[0]:.4f} at step {state.best[1]}: {best_path}")
     elif best_path:
         lines.append(f"final weights: {best_path}")
+    counted = {name: count for name, count in state.warnings.items() if count}
+    if counted:
+        lines.append("warnings: " + ", ".join(f"{name} {n}" for name, n in counted.items()))
     if best_path:
         lines.append(f"evaluate:  python eval.py {best_path}")
     lines.append(f"continue:  python train.py --resume {run_dir} --steps N")

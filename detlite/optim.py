@@ -87,6 +87,15 @@ def make_sgd(
     )
 
 
+def scaled_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """The optimizer step through the loss scaler; False when the scaler skipped it (fp16
+    gradients with inf/NaN: it lowers its scale instead, and `update` shows that)."""
+    scale = scaler.get_scale()  # 1.0 when disabled; when enabled `step` syncs anyway
+    scaler.step(optimizer)
+    scaler.update()
+    return not scaler.get_scale() < scale
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -3,9 +3,9 @@
 Its whole training configuration comes back from the checkpoint (steps, batch size, LR,
 schedule, data, output directory, ...). A flag given beside `--resume` overrides only itself,
 and only where the run can still continue exactly: how it executes (device, compile mode,
-precision, workers), how often it logs, evaluates and saves, and how long it runs. Changing the
-model, the data, the batch, the seed, the optimizer or the schedule is refused; start a new run
-from the weights with `--model.init-checkpoint` for that.
+precision, workers), how often and where it logs, evaluates and saves, and how long it runs.
+Changing the model, the data, the batch, the seed, the optimizer or the schedule is refused;
+start a new run from the weights with `--model.init-checkpoint` for that.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ CHANGEABLE = frozenset(
         "data.bad_images",
         "dist.timeout_s",
         "log_every",
+        "log.tensorboard",
         "checkpoint_every",
         "keep_checkpoints",
         "eval_every",

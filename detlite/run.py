@@ -37,7 +37,7 @@ from .evaluate import EvalSplit
 from .init_weights import initial_params, model_config
 from .layers import Params
 from .metrics import metrics_table, write_results
-from .optim import ema_update, make_sgd, peak_lr, set_lr, trainable_names
+from .optim import ema_update, make_sgd, peak_lr, scaled_step, set_lr, trainable_names
 from .parallel import LossOverRanks
 from .resume import describe_changes, run_dir_of
 from .steps import Predictor, StepOptions, TrainingLoss, parameter_dtype
@@ -72,6 +72,8 @@ class Run:
     stop: StopRequest
     unreadable: set[str] = dataclasses.field(default_factory=set)
     """Training images found unreadable so far (each is reported once)."""
+    skipped_fp16_steps: int = 0
+    """Steps the fp16 loss scaler skipped since this process started (inf/NaN gradients)."""
 
     @property
     def global_batch(self) -> int:
@@ -107,8 +109,9 @@ class Run:
         self.scaler.unscale_(self.optimizer)
         if self.cfg.optim.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(tensors, self.cfg.optim.clip_grad_norm, foreach=True)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if not scaled_step(self.scaler, self.optimizer):
+            self.skipped_fp16_steps += 1
+            self.dash.warn_count("skipped fp16 steps", self.skipped_fp16_steps)
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             ema_update(self.ema, self.params, self.cfg.optim.ema_decay)
@@ -150,7 +153,7 @@ class Run:
             self.dash.print(
                 metrics_table(metrics, title=f"COCO bbox, val, step {step} ({kind} weights)")
             )
-            self.dash.record({"step": step, "eval": metrics})  # before the plots, which read it
+            self.dash.record({"step": step, "eval": metrics}, per_class)  # the plots read it
             run_dir, val_set = Path(self.cfg.output), self.val.dataset
             run_outputs.after_evaluation(
                 run_dir, step, per_class, val_set, results, self.category_map
@@ -228,7 +231,7 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
     )
     for line in [*notes, _summary_line(run, len(train_set), restored is not None)]:
         dash.log(line)
-    dash.set_header(run_outputs.header(run, len(train_set)))
+    run_outputs.dashboard_start(dash, run, train_set)
     if _writes(cfg, world):
         run_outputs.at_start(Path(cfg.output), cfg, train_set)
     return run
@@ -236,7 +239,14 @@ def build(cfg: TrainConfig, world: distributed.World, stop: StopRequest) -> Run:
 
 def _dashboard_and_checkpointer(cfg: TrainConfig, world, total_steps: int, start_step: int):
     writes = _writes(cfg, world)
-    dash = Dashboard(Path(cfg.output), total_steps, start_step, writes, cfg.compile != "off")
+    dash = Dashboard(
+        Path(cfg.output),
+        total_steps,
+        start_step,
+        writes,
+        compiling=cfg.compile != "off",
+        tensorboard=cfg.log.tensorboard,
+    )
     checkpointer = Checkpointer(
         Path(cfg.output), cfg.checkpoint_every, cfg.keep_checkpoints, writer=writes, log=dash.log
     )

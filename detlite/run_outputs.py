@@ -65,6 +65,13 @@ def plots(run_dir: Path) -> list[Path]:
     return plot_run(run_dir)
 
 
+def dashboard_start(dash, run, train_set: CocoDetection) -> None:
+    """What the dashboard knows from the start: the header, and the train split's boxes dropped
+    at loading (under 1 px after clipping; the start-up notes list their ids)."""
+    dash.set_header(header(run, len(train_set)))
+    dash.warn_count("dropped boxes", train_set.stats.degenerate)
+
+
 def header(run, num_images: int) -> dict[str, str]:
     """The dashboard's header: what this run is."""
     mcfg, cfg = run.model_cfg, run.cfg

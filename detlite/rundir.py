@@ -5,6 +5,7 @@
     <run>/best.safetensors                    weights of the best evaluation
     <run>/eval-step<N>.json                   detections of the evaluation at step N
     <run>/config.json, results.csv, plots/, … what a person reads (detlite.results)
+    <run>/tensorboard/                        with --log.tensorboard (detlite.tensorboard_log)
 
 A run never replaces another one: a directory that already holds a run is refused unless the
 new run continues it (`--resume`) or `--overwrite` says to replace it.
@@ -32,6 +33,7 @@ TRAIN_BATCH = "train_batch.jpg"
 VAL_PREDICTIONS = "val_predictions.jpg"
 READABLE = (CONFIG, RESULTS, PER_CLASS, PR_CURVES, LABELS, TRAIN_BATCH, VAL_PREDICTIONS)
 PLOTS = "plots"
+TENSORBOARD = "tensorboard"  # with --log.tensorboard: TensorBoard's event files
 
 
 def eval_results(run_dir: Path, step: int) -> Path:
@@ -71,6 +73,7 @@ def clear(run_dir: Path) -> list[Path]:
     files += [Path(run_dir) / name for name in READABLE if (Path(run_dir) / name).is_file()]
     plots = Path(run_dir) / PLOTS
     files += sorted(plots.glob("*.png")) if plots.is_dir() else []
+    files += sorted((Path(run_dir) / TENSORBOARD).glob("events.out.tfevents.*"))
     for path in files:
         path.unlink(missing_ok=True)
     return files

@@ -58,6 +58,16 @@ class PrecisionConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Where the run's metrics go besides metrics.jsonl, results.csv and plots/."""
+
+    tensorboard: bool = False
+    """Also write TensorBoard event files to RUN/tensorboard: the losses, LR, img/s, the 12
+    COCO metrics, AP per class and precision-recall curves per class (needs `pip install
+    tensorboard`; view with `tensorboard --logdir RUN`)."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Train an EfficientDet, then evaluate it (COCO mAP through pycocotools)."""
 
@@ -67,6 +77,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     epochs: int = 300
     """Passes over the training set (each rank sees 1/world_size of every epoch)."""
     steps: int | None = None

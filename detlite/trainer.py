@@ -60,7 +60,7 @@ def loop(run: Run) -> dict[str, Any]:
         step += 1
         window.add(run.global_batch, sum(int(b["num_overflow"]) for b in micro_batches))
         run.report_unreadable([reason for b in micro_batches for reason in b["unreadable"]])
-        run.dash.advance(step, run.global_batch, waited)
+        run.dash.advance(step, step / run.loader.steps_per_epoch, run.global_batch, waited)
         if step % cfg.log_every == 0 or step == run.total_steps:
             last = _log(run, step, losses, lr, window)
         if run.stop_agreed():
@@ -145,6 +145,7 @@ def _finish(run: Run, step: int, last: dict[str, Any]) -> dict[str, Any]:
             run.save(step, metric=summary["metrics"]["AP"])
     if run.dash.enabled and not evaluating:  # an evaluation has drawn them already
         run_outputs.plots(run.cfg.output)
+    summary["warnings"] = {k: v for k, v in run.dash.state.warnings.items() if v}
     run.dash.close(run.cfg.output)
     return summary
 

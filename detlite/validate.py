@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from . import tensorboard_log
 from .errors import ConfigError
 
 Rule = tuple[str, Callable[[Any], bool], str]
@@ -180,6 +181,8 @@ def check_train_config(cfg: Any) -> None:
     check_model_choice(cfg.model.preset, cfg.model.image_size)
     check_device(cfg.device)
     check_output_dir(cfg.output)
+    if cfg.log.tensorboard:
+        tensorboard_log.check_available()
     check_existing(cfg.model.backbone_weights, "--model.backbone-weights")
     check_existing(cfg.model.init_checkpoint, "--model.init-checkpoint")
     if cfg.resume is not None and not Path(cfg.resume).exists():

@@ -34,3 +34,16 @@ def tiny_coco(builtin_paths, tmp_path_factory):
         "val_json": root / "val.json",
         "val_images": builtin_paths.val_images,
     }
+
+
+def tiny_run_args(tiny: dict, out: Path, *extra: str) -> list[str]:
+    """train.py's arguments for a tiny CPU run on `tiny_coco`: 128 px, batch 2, every step
+    logged, no loader workers; `extra` flags come last (and win)."""
+    return [
+        "builtin", "--batch-size", "2", "--model.image-size", "128",
+        "--data.train-json", str(tiny["train_json"]),
+        "--data.train-images", str(tiny["train_images"]),
+        "--data.val-json", str(tiny["val_json"]),
+        "--data.val-images", str(tiny["val_images"]),
+        "--data.num-workers", "0", "--log-every", "1", "--output", str(out), *extra,
+    ]  # fmt: skip

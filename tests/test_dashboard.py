@@ -86,3 +86,28 @@ def test_summary_without_an_evaluation():
     state = DashState(step=5, total_steps=5)
     lines = summary_lines(state, "r/best.safetensors", "r")
     assert "final weights: r/best.safetensors" in lines
+
+
+def test_a_narrowed_terminal_gets_one_clean_redraw(tmp_path):
+    """Narrowing re-wraps the frame on screen: the dashboard clears the screen once, and the
+    frames after that fit the new width."""
+    import io
+    import re
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    dash = Dashboard(tmp_path, total_steps=10, start_step=0, enabled=True, console=console)
+    try:
+        dash.advance(1, 0.1, images=8)
+        dash._live.refresh()
+        assert "\x1b[2J" not in out.getvalue()
+        console.width = 72
+        dash.advance(2, 0.2, images=8)
+        dash._live.refresh()
+        dash.advance(3, 0.3, images=8)  # still 72 columns: no second clear
+    finally:
+        dash.close()
+    text = out.getvalue()
+    assert text.count("\x1b[2J") == 1
+    after = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text.split("\x1b[2J")[1])
+    assert "2/10" in after and max(len(line) for line in after.splitlines()) <= 72

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_run_args
 from torchvision.io import ImageReadMode, decode_image
 
 import train as train_cli
@@ -21,15 +22,7 @@ PLOTS = ("losses", "lr", "map", "pr_curves", "per_class_ap", "labels")
 @pytest.fixture(scope="module")
 def run_dir(tiny_coco, tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "run"
-    args = [
-        "builtin", "--steps", "4", "--batch-size", "2", "--model.image-size", "128",
-        "--data.train-json", str(tiny_coco["train_json"]),
-        "--data.train-images", str(tiny_coco["train_images"]),
-        "--data.val-json", str(tiny_coco["val_json"]),
-        "--data.val-images", str(tiny_coco["val_images"]),
-        "--data.num-workers", "0", "--log-every", "1", "--eval-every", "2",
-        "--output", str(out),
-    ]  # fmt: skip
+    args = tiny_run_args(tiny_coco, out, "--steps", "4", "--eval-every", "2")
     train(train_cli.parse(args))
     return out
 

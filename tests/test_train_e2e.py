@@ -174,3 +174,29 @@ def test_random_backbone_is_said_loudly():
     initial_params(cfg, config.preset("d0", num_classes=3, image_size=128), notes)
     assert notes and notes[0].startswith("warning: the backbone starts from random weights")
     assert "--model.backbone-weights" in notes[0]
+
+
+def test_skipped_fp16_steps_are_counted(tiny_coco, tmp_path, capsys):
+    """fp16 from GradScaler's initial scale 2**16 overflows at first, and each skipped step
+    halves the scale (it grows only after 2000 good steps): the count shown must be
+    log2(initial / final scale) of the saved scaler."""
+    out = tmp_path / "fp16"
+    summary = train(
+        train_cli.parse(_args(tiny_coco, out, "--precision.dtype", "fp16", "--skip-eval"))
+    )
+    state = checkpoint.load_training(out / "checkpoints" / "step-00000004.safetensors").state
+    halvings = round(math.log2(65536.0 / state.scaler["scale"]))
+    assert halvings >= 1  # a step was skipped: the count is tested, not just zero
+    assert summary["warnings"].get("skipped fp16 steps", 0) == halvings
+    assert f"warnings: skipped fp16 steps {halvings}" in capsys.readouterr().out
+
+
+def test_dropped_boxes_are_counted_on_the_dashboard(tiny_coco, tmp_path):
+    data = json.loads(tiny_coco["train_json"].read_text())
+    data["annotations"][0]["bbox"][2] = 0.5  # under 1 px wide: dropped at loading
+    broken = tmp_path / "train.json"
+    broken.write_text(json.dumps(data))
+    args = _args(tiny_coco, tmp_path / "run", "--steps", "1", "--skip-eval")
+    args[args.index("--data.train-json") + 1] = str(broken)
+    summary = train(train_cli.parse(args))
+    assert summary["warnings"] == {"dropped boxes": 1}
