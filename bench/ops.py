@@ -5,10 +5,11 @@
     python bench/ops.py --device cuda --dtype float16
 
 Focal loss: forward + backward of the summed, normalised class loss at EfficientDet-D0 sizes
-(A = 49,104 anchors, C = 90 classes) for the fused operator `detlite::sigmoid_focal_loss`, for
-detlite's plain PyTorch expression compiled with torch.compile, and for the same expression
-eager. NMS: `detlite::batched_nms` over the whole batch against a Python loop of torchvision's
-`batched_nms` per image (B = 32, K = 5,000 candidates, 90 classes, IoU 0.5, 100 kept).
+(A = 49,104 anchors, C = 90 classes) for the fused operator `detlite::sigmoid_focal_loss` (on
+the CPU with the C++ kernels loaded: those, and its reference torch kernels), for detlite's plain
+PyTorch expression compiled with torch.compile, and for the same expression eager. NMS:
+`detlite::batched_nms` over the whole batch (the same two kernels) against a Python loop of
+torchvision's `batched_nms` per image (B = 32, K = 5,000 candidates, 90 classes, IoU 0.5, 100 kept).
 
 Times are medians over `--repeats` runs after warm-up (compilation excluded). Peak memory is the
 peak allocation above what was allocated before the call (CUDA: torch's allocator statistics;
@@ -35,6 +36,7 @@ import torchvision
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # tests/ holds the reference implementations
 
+from kernel_choice import reference_cpu_kernels  # noqa: E402
 from oracles import plain_focal_loss  # noqa: E402
 
 from detlite import ops  # noqa: E402
@@ -100,6 +102,16 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     return statistics.median(times), peak
 
 
+def on_reference(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn with the CPU tensors of the detlite ops on their Python reference kernels."""
+
+    def run():
+        with reference_cpu_kernels():
+            return fn()
+
+    return run
+
+
 def focal_cases(args, device: torch.device):
     g = torch.Generator(device="cpu").manual_seed(0)
     shape = (args.focal_batch, args.anchors, args.classes)
@@ -131,6 +143,8 @@ def focal_cases(args, device: torch.device):
         return run
 
     cases = [("fused op detlite::sigmoid_focal_loss", step(fused))]
+    if device.type == "cpu" and ops.cpu_kernels_loaded():
+        cases.append(("  the same op on its reference torch kernels", on_reference(step(fused))))
     if not args.no_compile:
         cases.append(("plain PyTorch, torch.compile", step(compiled_plain)))
     cases.append(("plain PyTorch, eager", step(plain)))
@@ -162,7 +176,10 @@ def nms_cases(args, device: torch.device):
     keep, count = op()
     for b, ref in enumerate(loop()):
         assert torch.equal(keep[b, : int(count[b])], ref), "NMS results differ"
-    return [("detlite::batched_nms (whole batch)", op), ("loop of torchvision batched_nms", loop)]
+    cases = [("detlite::batched_nms (whole batch)", op)]
+    if device.type == "cpu" and ops.cpu_kernels_loaded():
+        cases.append(("  the same op on its reference torch kernel", on_reference(op)))
+    return [*cases, ("loop of torchvision batched_nms", loop)]
 
 
 def main() -> None:

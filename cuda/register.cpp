@@ -20,6 +20,7 @@
 #include <limits>
 #include <tuple>
 
+#include "../cpu/checks.h"
 #include "kernels.h"
 
 namespace detlite {
@@ -42,24 +43,13 @@ cuda::Float float_kind(const at::Tensor& t, const char* op) {
               t.scalar_type());
 }
 
-void check_index(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": ", name,
-              " must be int64 or int32, got ", t.scalar_type());
-}
-
 at::ScalarType acc_type(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 void check_focal(const char* op, const at::Tensor& logits, const at::Tensor& labels) {
   TORCH_CHECK(logits.is_cuda(), op, ": logits must be a CUDA tensor");
-  TORCH_CHECK(logits.dim() == 3, op, ": logits must be [B, A, C], got ", logits.sizes());
-  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == logits.size(0) &&
-                  labels.size(1) == logits.size(1),
-              op, ": labels must be [B, A] = [", logits.size(0), ", ", logits.size(1), "], got ",
-              labels.sizes());
-  TORCH_CHECK(labels.device() == logits.device(), op, ": logits on ", logits.device(),
-              " but labels on ", labels.device());
+  checks::focal(op, logits, labels);
   TORCH_CHECK(logits.size(1) * logits.size(2) < std::numeric_limits<int32_t>::max(), op,
               ": A * C must be below 2^31 per image, got ", logits.size(1), " * ", logits.size(2));
   TORCH_CHECK(logits.size(0) <= 65535, op, ": at most 65535 images per call, got ",
@@ -71,7 +61,6 @@ at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& logits_in, const at::Tensor
   constexpr const char* op = "detlite::sigmoid_focal_loss";
   check_focal(op, logits_in, labels_in);
   const cuda::Float logits_kind = float_kind(logits_in, op);
-  check_index(labels_in, op, "labels");
   c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   // The kernels read int64 labels (int32 ones are widened: [B, A] is small next to [B, A, C]).
@@ -94,12 +83,8 @@ at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad_in, const at:
                                             double gamma, double label_smoothing) {
   constexpr const char* op = "detlite::sigmoid_focal_loss_backward";
   check_focal(op, logits_in, labels_in);
-  TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == logits_in.size(0), op,
-              ": grad must be [B] = [", logits_in.size(0), "], got ", grad_in.sizes());
-  TORCH_CHECK(grad_in.device() == logits_in.device(), op, ": grad on ", grad_in.device(),
-              " but logits on ", logits_in.device());
+  checks::focal_grad(op, grad_in, logits_in);
   const cuda::Float logits_kind = float_kind(logits_in, op);
-  check_index(labels_in, op, "labels");
   c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   // The kernels read int64 labels (int32 ones are widened: [B, A] is small next to [B, A, C]).
@@ -123,22 +108,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_cuda(const at::Tensor& boxes,
                                                     double iou_threshold, int64_t max_det) {
   constexpr const char* op = "detlite::batched_nms";
   TORCH_CHECK(boxes.is_cuda(), op, ": boxes must be a CUDA tensor");
-  TORCH_CHECK(boxes.dim() == 3 && boxes.size(2) == 4, op, ": boxes must be [B, K, 4], got ",
-              boxes.sizes());
-  TORCH_CHECK(scores.dim() == 2 && scores.size(0) == boxes.size(0) &&
-                  scores.size(1) == boxes.size(1),
-              op, ": scores must be [B, K] = [", boxes.size(0), ", ", boxes.size(1), "], got ",
-              scores.sizes());
-  TORCH_CHECK(classes.sizes() == scores.sizes(), op, ": classes must be [B, K] = [",
-              boxes.size(0), ", ", boxes.size(1), "], got ", classes.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()) && at::isFloatingType(scores.scalar_type()),
-              op, ": boxes and scores must be floating point, got ", boxes.scalar_type(), " and ",
-              scores.scalar_type());
-  check_index(classes, op, "classes");
-  TORCH_CHECK(scores.device() == boxes.device() && classes.device() == boxes.device(), op,
-              ": boxes, scores, classes on different devices (", boxes.device(), ", ",
-              scores.device(), ", ", classes.device(), ")");
-  TORCH_CHECK(max_det >= 0, op, ": max_det must be >= 0, got ", max_det);
+  checks::nms(boxes, scores, classes, max_det);
   const int64_t batch = boxes.size(0), num = boxes.size(1);
   // The select kernel keeps one bit per candidate in shared memory (48 KiB).
   TORCH_CHECK(num <= 64 * 6144, op, ": at most 393216 candidates per image, got ", num);

@@ -8,11 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from kernel_choice import cpu_kernels  # noqa: F401  (the fixture)
 from oracles import plain_focal_loss
 
 from detlite import ops
 from detlite.config import LossConfig
 from detlite.loss import focal_loss
+
+# Every test here runs on the C++ CPU kernels and on the reference kernels.
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 OP = torch.ops.detlite.sigmoid_focal_loss.default
 BACKWARD_OP = torch.ops.detlite.sigmoid_focal_loss_backward.default

@@ -10,12 +10,16 @@ import pytest
 import torch
 import torchvision
 from effdet_ref import random_head_outputs
+from kernel_choice import cpu_kernels  # noqa: F401  (the fixture)
 from nms_inputs import random_candidates
 from oracles import with_torchvision_nms
 
 from detlite import config, ops
 from detlite.anchors import generate_anchors
 from detlite.postprocess import postprocess
+
+# Every test here runs on the C++ CPU kernels and on the reference kernels.
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 OP = torch.ops.detlite.batched_nms.default
 

@@ -9,10 +9,11 @@
 
 The schemas, fake (meta) implementations, the autograd formula and the reference kernels
 (vectorised torch, any device) are defined in Python by `focal_loss.py` and `nms.py`, so the ops
-exist, run on the CPU and trace under `torch.compile(fullgraph=True)` whether or not anything
-was compiled. The optional shared library `libdetlite_ops.so`, built from `cuda/` by
-`pip install`, only adds CUDA kernels for the CUDA dispatch key. It is loaded on import when
-present; without it, CUDA tensors take the reference kernels and a warning says so once.
+exist, run and trace under `torch.compile(fullgraph=True)` whether or not anything was
+compiled. The shared library `libdetlite_ops.so`, built by `pip install` (cpu/, cuda/), adds
+C++ kernels for the CPU dispatch key and, where nvcc was found, CUDA kernels for the CUDA key;
+they take precedence over the reference kernels. It is loaded on import when present; without
+it, CUDA tensors take the reference kernels and a warning says so once.
 
 Environment: `DETLITE_OPS_LIBRARY=/path/to/libdetlite_ops.so` loads that file instead of
 searching; `DETLITE_OPS_LIBRARY=none` loads nothing. `python -m detlite.ops` prints the status.
@@ -34,6 +35,7 @@ from .nms import batched_nms
 
 __all__ = [
     "batched_nms",
+    "cpu_kernels_loaded",
     "cuda_kernels_loaded",
     "library_error",
     "library_path",
@@ -91,19 +93,31 @@ def library_error() -> str | None:
     return _library_error
 
 
-def cuda_kernels_loaded() -> bool:
-    """True when the compiled CUDA kernels are registered for all detlite ops."""
-    names = ("sigmoid_focal_loss", "sigmoid_focal_loss_backward", "batched_nms")
+OPS = ("sigmoid_focal_loss", "sigmoid_focal_loss_backward", "batched_nms")
+
+
+def _library_serves(key: str) -> bool:
     return _library_path is not None and all(
-        torch._C._dispatch_has_kernel_for_dispatch_key(f"detlite::{name}", "CUDA") for name in names
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"detlite::{name}", key) for name in OPS
     )
 
 
+def cuda_kernels_loaded() -> bool:
+    """True when the compiled CUDA kernels are registered for all detlite ops."""
+    return _library_serves("CUDA")
+
+
+def cpu_kernels_loaded() -> bool:
+    """True when the compiled C++ CPU kernels are registered for all detlite ops."""
+    return _library_serves("CPU")
+
+
 def status() -> str:
-    """One line on which kernels serve CUDA tensors."""
-    if _library_path is not None:
-        return f"detlite ops: CUDA kernels from {_library_path}"
-    return f"detlite ops: reference kernels only ({_library_error})"
+    """One line on which kernels serve CPU and CUDA tensors."""
+    if _library_path is None:
+        return f"detlite ops: reference kernels only ({_library_error})"
+    served = [key for key in ("CPU", "CUDA") if _library_serves(key)]
+    return f"detlite ops: {' and '.join(served) or 'no'} kernels from {_library_path}"
 
 
 def _warn_reference_on_cuda(*tensors: torch.Tensor) -> None:
