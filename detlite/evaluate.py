@@ -34,6 +34,7 @@ from .data import (
 )
 from .data.loader import shutdown_workers
 from .detect import PredictBatch, batch_predictor, detections
+from .detector import Detector
 from .draw import draw_results
 from .errors import ConfigError
 from .layers import Params
@@ -196,18 +197,21 @@ def run(cfg: EvalConfig) -> dict:
     validate.check_eval_config(cfg)
     world = distributed.setup(cfg.device)
     try:
-        params, mcfg = checkpoint.load(cfg.checkpoint, device=world.device, weights=cfg.weights)
-        predictor = Predictor(mcfg, StepOptions(compile=cfg.compile), world.device)
         # Every rank takes rank 0's choice: a folder made by one rank must not shift the others'.
         chosen = distributed.all_gather_objects(output_dir(cfg))[0]
         cfg = dataclasses.replace(cfg, output=Path(chosen))
+        if cfg.predict is not None:
+            detector = Detector.from_checkpoint(
+                cfg.checkpoint, world.device, cfg.compile, cfg.weights, cfg.batch_size
+            )
+            if world.is_main:
+                _make_output_dir(cfg.output)
+            job = FolderJob(cfg.predict, cfg.output, cfg.draw, cfg.min_score)
+            return predict_folder(job, detector)
+        params, mcfg = checkpoint.load(cfg.checkpoint, device=world.device, weights=cfg.weights)
+        predictor = Predictor(mcfg, StepOptions(compile=cfg.compile), world.device)
         if world.is_main:
             _make_output_dir(cfg.output)
-        if cfg.predict is not None:
-            job = FolderJob(
-                cfg.predict, cfg.checkpoint, cfg.output, cfg.batch_size, cfg.draw, cfg.min_score
-            )
-            return predict_folder(job, predictor, params, world.device)
         return _evaluate_checkpoint(cfg, predictor, params, world)
     finally:
         distributed.teardown()

@@ -32,11 +32,25 @@ def _top_candidates(
     classes = flat_index % num_classes
 
     codes = box_flat.gather(1, anchor_index.unsqueeze(-1).expand(-1, -1, 4)).float()
-    boxes = decode(codes, anchors.float()[anchor_index])
+    boxes = _clip_to_input(decode(codes, anchors.float()[anchor_index]), cfg)
+    return boxes, logits.float(), classes
+
+
+def _clip_to_input(boxes: Tensor, cfg: ModelConfig) -> Tensor:
     image_h, image_w = cfg.image_size
     upper = boxes.new_tensor([image_w, image_h, image_w, image_h])
-    boxes = torch.minimum(boxes.clamp(min=0.0), upper)
-    return boxes, logits.float(), classes
+    return torch.minimum(boxes.clamp(min=0.0), upper)
+
+
+def dense_detections(
+    cls_outputs: list[Tensor], box_outputs: list[Tensor], anchors: Tensor, cfg: ModelConfig
+) -> tuple[Tensor, Tensor]:
+    """Every anchor's class scores [B, A, C] (sigmoid, float32) and decoded boxes [B, A, 4]
+    (xyxy in input pixels, clipped to the input): what NMS chooses from, for runtimes that run
+    their own (the ONNX export)."""
+    cls_flat, box_flat = flatten_outputs(cls_outputs, box_outputs, cfg)
+    boxes = decode(box_flat.float(), anchors.float())
+    return cls_flat.float().sigmoid(), _clip_to_input(boxes, cfg)
 
 
 def _nms(boxes: Tensor, logits: Tensor, classes: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor]:

@@ -1,5 +1,5 @@
 """Prediction on a folder of unannotated images: `predictions.json` (and drawings), for
-`eval.py CKPT --predict DIR`."""
+`eval.py CKPT --predict DIR`, through `detlite.Detector`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from . import checkpoint
-from .data import CategoryMap, ImageFolder, eval_loader, read_image
-from .detect import batch_predictor, detections
+from .data import ImageFolder, read_image
+from .detector import Detector
 from .draw import draw_detections, drawing_name, save_image
-from .layers import Params
-from .steps import Predictor
 
 
 @dataclass(frozen=True)
@@ -23,58 +20,57 @@ class FolderJob:
     """What to predict on and where the results go."""
 
     folder: Path
-    checkpoint: Path
     output: Path
-    batch_size: int
     draw: int
     min_score: float
 
 
-def folder_category_map(path: Path, num_classes: int) -> CategoryMap:
-    """The checkpoint's category map, or ids 0..C-1 named by number when it stores none."""
-    try:
-        return checkpoint.category_map(path, num_classes)
-    except checkpoint.CheckpointError:
-        numbers = tuple(range(num_classes))
-        return CategoryMap(ids=numbers, names=tuple(str(i) for i in numbers))
-
-
-def _entry(path: Path, kept: torch.Tensor, category_map: CategoryMap) -> dict:
+def _entry(path: Path, found: dict) -> dict:
     return {
         "file": str(path),
         "detections": [
             {
-                "bbox_xyxy": [round(v, 2) for v in d[:4].tolist()],
-                "score": round(float(d[4]), 4),
-                "category_id": category_map.ids[int(d[5])],
-                "category": category_map.names[int(d[5])],
+                "bbox_xyxy": [round(v, 2) for v in box],
+                "score": round(score, 4),
+                "category_id": category_id,
+                "category": name,
             }
-            for d in kept
+            for box, score, category_id, name in zip(
+                found["boxes"].tolist(),
+                found["scores"].tolist(),
+                found["labels"].tolist(),
+                found["names"],
+                strict=True,
+            )
         ],
     }
 
 
-def predict_folder(job: FolderJob, predictor: Predictor, params: Params, device) -> dict:
-    """Run on every image under `job.folder`; writes `predictions.json` (and `--draw` images)."""
-    images = ImageFolder(job.folder)
-    category_map = folder_category_map(job.checkpoint, predictor.cfg.num_classes)
-    loader = eval_loader(
-        images, image_size=predictor.cfg.image_size, batch_size=job.batch_size, num_workers=0
+def _drawing(path: Path, found: dict, detector: Detector) -> torch.Tensor:
+    classes = [detector.categories.id_to_label(i) for i in found["labels"].tolist()]
+    rows = torch.cat(
+        [
+            found["boxes"],
+            found["scores"][:, None],
+            torch.tensor(classes, dtype=torch.float32)[:, None],
+        ],
+        dim=1,
     )
+    return draw_detections(read_image(path), rows, detector.categories.names, min_score=0.0)
+
+
+def predict_folder(job: FolderJob, detector: Detector) -> dict:
+    """Run on every image under `job.folder`; writes `predictions.json` (and `--draw` images)."""
+    paths = ImageFolder(job.folder).paths
     predictions, drawn = [], 0
-    for batch, dets, counts in detections(batch_predictor(predictor, params), loader, device):
-        for row, n, index in zip(
-            dets.cpu(), counts.tolist(), batch["image_ids"].tolist(), strict=True
-        ):
-            if index < 0:
-                continue
-            kept = row[:n][row[:n, 4] >= job.min_score]
-            path = images.paths[index]
-            predictions.append(_entry(path, kept, category_map))
+    for start in range(0, len(paths), detector.batch_size):
+        chunk = paths[start : start + detector.batch_size]
+        for path, found in zip(chunk, detector.predict(chunk, job.min_score), strict=True):
+            predictions.append(_entry(path, found))
             if drawn < job.draw:
-                names = category_map.names
-                drawing = draw_detections(read_image(path), kept, names, job.min_score)
-                save_image(job.output / "drawn" / drawing_name(path), drawing)
+                save_image(
+                    job.output / "drawn" / drawing_name(path), _drawing(path, found, detector)
+                )
                 drawn += 1
     (job.output / "predictions.json").write_text(json.dumps(predictions, indent=1))
     note = f"; drew {drawn} into {job.output / 'drawn'}" if drawn else ""

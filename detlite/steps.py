@@ -6,6 +6,8 @@ the benchmarks alike:
         (loss_with_targets, normalised by the positives of the global batch)
     inference(params, images, image_scales, anchors, cfg) -> (detections, counts)
         normalisation + forward + decode + NMS, fixed-size output
+    dense_inference(params, images, anchors, cfg) -> (scores, boxes)
+        the same before top-k and NMS: every anchor's scores and boxes (the ONNX export)
 
 `TrainingLoss` and `Predictor` wrap them with the run's runtime choices (`StepOptions`: compile
 mode, autocast dtype, channels_last, BatchNorm statistics), which are never part of a
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import anchors as anchors_lib
-from . import model, targets
+from . import model, postprocess, targets
 from .config import ModelConfig
 from .layers import BatchStats, Params
 from .loss import detection_loss
@@ -145,6 +147,17 @@ def inference(
     x = _network_input(images, params, cfg, options)
     with _autocast(x.device, options.dtype):
         return model.predict(params, x, cfg, image_scales=image_scales, anchors=anchors)
+
+
+def dense_inference(
+    params: Params, images: Tensor, anchors: Tensor, cfg: ModelConfig, options: StepOptions = EAGER
+) -> tuple[Tensor, Tensor]:
+    """Every anchor's class scores [B, A, C] and boxes [B, A, 4] (input pixels) of uint8 images:
+    `inference` without its top-k and NMS (for runtimes that bring their own NMS)."""
+    x = _network_input(images, params, cfg, options)
+    with _autocast(x.device, options.dtype):
+        cls_out, box_out = model.forward(params, x, cfg, training=False)
+    return postprocess.dense_detections(cls_out, box_out, anchors, cfg)
 
 
 def compiled(fn: Callable, mode: CompileMode, fullgraph: bool = True) -> Callable:

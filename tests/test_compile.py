@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from conftest import compact_lite0
 
-from detlite import config, model
+from detlite import model
 
 
 @pytest.fixture(scope="module")
 def small():
-    cfg = config.preset("lite0", num_classes=3, image_size=128)
+    cfg = compact_lite0()
     params = model.init(cfg, seed=0)
     images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     return cfg, params, images

@@ -97,8 +97,16 @@ TINY = {
     "bench/ops.py": lambda args: TINY_OPS_BENCH,
     "bench/launcher.py": lambda args: ["--repeats", "1", "--workers", "2"],
 }
-# Benchmarks that time minutes of compiled training: their flags are checked, not run.
-HELP_ONLY = {"bench/train.py", "bench/distributed.py"}
+# Commands that take minutes (benchmarks of compiled training or prediction, exports compiled
+# by AOTInductor, which tests/test_export.py runs, with examples/run_package.py on its package):
+# their flags are checked, not run.
+HELP_ONLY = {
+    "bench/train.py",
+    "bench/distributed.py",
+    "bench/predict.py",
+    "detlite.export",
+    "examples/run_package.py",
+}
 # Named in prose as "the commands", not run: the module must exist.
 NAMES = {("python", "-m", "detlite.weights")}
 

@@ -3,16 +3,17 @@ compiled, against the model API composed by hand; runtime options change how, no
 
 import pytest
 import torch
+from conftest import compact_lite0
 
 from detlite import anchors as anchors_lib
-from detlite import config, model, targets
+from detlite import model, targets
 from detlite.loss import detection_loss
 from detlite.steps import Predictor, StepOptions, TrainingLoss
 
 
 @pytest.fixture(scope="module")
 def small():
-    cfg = config.preset("lite0", num_classes=3, image_size=128)
+    cfg = compact_lite0()
     params = model.init(cfg, seed=0)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8, generator=g)

@@ -201,3 +201,13 @@ def category_map(
         f"{path}: no category mapping stored and the data has a different class count than the "
         f"model ({num_classes}); evaluate on the data it was trained on"
     )
+
+
+def prediction_category_map(path: str | os.PathLike, num_classes: int) -> CategoryMap:
+    """The categories to name predictions by: the checkpoint's map (or COCO's for 90 classes),
+    else ids 0..C-1 named by number (a checkpoint trained without a map)."""
+    try:
+        return category_map(path, num_classes)
+    except CheckpointError:
+        numbers = tuple(range(num_classes))
+        return CategoryMap(ids=numbers, names=tuple(str(i) for i in numbers))

@@ -33,19 +33,18 @@ import torch
 from torch import Tensor
 
 from detlite.labels import IGNORE
+from detlite.ops.library import define
 
 NAME = "detlite::sigmoid_focal_loss"
 BACKWARD_NAME = "detlite::sigmoid_focal_loss_backward"
 
-torch.library.define(
-    NAME,
-    "(Tensor logits, Tensor labels, float alpha, float gamma, float label_smoothing) -> Tensor",
-)
-torch.library.define(
-    BACKWARD_NAME,
+SCHEMA = "(Tensor logits, Tensor labels, float alpha, float gamma, float label_smoothing) -> Tensor"
+BACKWARD_SCHEMA = (
     "(Tensor grad, Tensor logits, Tensor labels, float alpha, float gamma, float label_smoothing)"
-    " -> Tensor",
+    " -> Tensor"
 )
+define(NAME, SCHEMA)
+define(BACKWARD_NAME, BACKWARD_SCHEMA)
 
 # Elements of [anchors, classes] processed per step by the reference kernels.
 _CHUNK_ELEMENTS = 1 << 20

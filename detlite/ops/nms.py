@@ -28,13 +28,15 @@ import torch
 import torchvision  # noqa: F401  (registers torch.ops.torchvision.nms)
 from torch import Tensor
 
+from detlite.ops.library import define
+
 NAME = "detlite::batched_nms"
 
-torch.library.define(
-    NAME,
+SCHEMA = (
     "(Tensor boxes, Tensor scores, Tensor classes, float iou_threshold, int max_det)"
-    " -> (Tensor keep, Tensor count)",
+    " -> (Tensor keep, Tensor count)"
 )
+define(NAME, SCHEMA)
 
 
 def _on_reference_call(*tensors: Tensor) -> None:
