@@ -108,7 +108,7 @@ def _finished_run(world: Path) -> None:
 
 
 def build(builtin, world: Path) -> Path:
-    for name in ("train.py", "eval.py", "bench", "tests"):
+    for name in ("train.py", "eval.py", "bench", "examples", "tests"):
         (world / name).symlink_to(REPO / name)
     _datasets(builtin, world)
     _reference_weights(world)
