@@ -99,10 +99,11 @@ class Detector:
             isinstance(images, Tensor) and images.dim() == 4
         )
         listed = list(images) if batched else [images]
-        pictures = [as_rgb_uint8(image, f"image {i}") for i, image in enumerate(listed)]
         found = []
-        for start in range(0, len(pictures), self.batch_size):
-            found += self._predict_batch(pictures[start : start + self.batch_size], min_score)
+        for start in range(0, len(listed), self.batch_size):  # decoded a batch at a time
+            chunk = enumerate(listed[start : start + self.batch_size], start)
+            pictures = [as_rgb_uint8(image, f"image {i}") for i, image in chunk]
+            found += self._predict_batch(pictures, min_score)
         return found if batched else found[0]
 
     @torch.no_grad()

@@ -18,7 +18,6 @@ LIBRARY_NAME = "libdetlite_ops.so"
 
 _library_path: Path | None = None
 _library_error: str | None = None
-_warned = False
 
 
 def _candidates() -> list[Path]:
@@ -26,7 +25,7 @@ def _candidates() -> list[Path]:
     and every other directory this package is spread over (scikit-build-core's editable mode
     maps the package onto both the source tree and the CMake install tree)."""
     dirs = [Path(__file__).resolve().parent]
-    for entry in list(_package_path()):
+    for entry in _package_path():
         path = Path(entry).resolve()
         if path not in dirs:
             dirs.append(path)
