@@ -14,7 +14,7 @@ from PIL import Image
 import detlite
 from detlite.data import CategoryMap
 from detlite.data.transforms import eval_transform
-from detlite.errors import DataError
+from detlite.errors import DataError, DetliteError
 from detlite.steps import Predictor
 
 CATEGORIES = CategoryMap(ids=(5, 9), names=("cat", "dog"))
@@ -103,3 +103,15 @@ def test_bad_images_are_refused_with_one_line(tiny, image, message):
         detector.predict([torch.zeros(3, 8, 8, dtype=torch.uint8), image])
     assert message in str(raised.value) and "\n" not in str(raised.value)
     assert str(raised.value).startswith(("image 1", "cannot read"))
+
+
+@pytest.mark.parametrize("content", [None, b"not a zip archive"])
+def test_a_file_that_is_not_a_package_is_refused_with_one_line(tmp_path, content):
+    path = tmp_path / "det.pt2"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DetliteError) as raised:
+        detlite.Detector.from_package(path)
+    message = str(raised.value)
+    assert message.startswith(str(path)) and "\n" not in message
+    assert ("no such file" if content is None else "not an AOTInductor package") in message

@@ -19,9 +19,15 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DetliteError
 
 METADATA_KEY = "detlite"
+
+
+class PackageError(DetliteError, ValueError):
+    """A file that is not a readable detlite AOTInductor package."""
+
+
 PT2_EXTRA_FILE = "detlite.json"
 # The largest batch an artefact with a dynamic batch dimension accepts.
 MAX_BATCH = 1024
@@ -64,8 +70,17 @@ def load_aoti(path: Path) -> tuple[Callable, dict[str, Any]]:
     `torch.ops.load_library(".../libdetlite_ops.so")`."""
     from torch._inductor import aoti_load_package
 
-    runner = aoti_load_package(str(path))
-    return runner, json.loads(runner.get_metadata()[METADATA_KEY])
+    if not Path(path).is_file():
+        raise PackageError(f"{path}: no such file")
+    try:
+        runner = aoti_load_package(str(path))
+        return runner, json.loads(runner.get_metadata()[METADATA_KEY])
+    except (RuntimeError, KeyError, ValueError) as error:  # not a package, or not detlite's
+        reason = str(error).split("\n")[0]
+        raise PackageError(
+            f"{path}: not an AOTInductor package written by `python -m detlite.export` "
+            f"({reason}) — export one with --format aoti"
+        ) from None
 
 
 def require_onnx() -> None:
