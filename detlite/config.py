@@ -3,6 +3,8 @@
 Every number a model needs lives here as a typed field, so a config serialised to JSON (see
 `to_dict` / `from_dict`) rebuilds exactly the same network. Preset names follow effdet's
 (`tf_efficientdet_d0`, ...); short aliases (`d0`, `lite0`, ...) point at the `tf_` variants.
+`nvidia_efficientdet_d0` .. `d4` and `nvidia_tf_efficientdet_d0` .. `d7` are NVIDIA
+DeepLearningExamples' configs of those names, on its own EfficientNet backbone.
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ _SCALING = {
 
 def _backbone(arch: str, drop_path_rate: float) -> BackboneConfig:
     tf = arch.startswith("tf_")
+    # NVIDIA's own EfficientNet (DeepLearningExamples): timm's graph with symmetric padding but
+    # TF's BatchNorm eps 1e-3. Its squeeze-excitation Linear layers are 1x1 convs here (the
+    # same function); `weights.load(source="nvidia")` reshapes them.
+    nvidia = arch.startswith("nvidia_")
     size = arch.rsplit("_", 1)[1]
     width, depth = _SCALING[size]
     lite = size.startswith("lite")
@@ -141,7 +147,7 @@ def _backbone(arch: str, drop_path_rate: float) -> BackboneConfig:
         depth=depth,
         lite=lite,
         tf_padding=tf,
-        bn_eps=1e-3 if tf else 1e-5,
+        bn_eps=1e-3 if tf or nvidia else 1e-5,
         act="relu6" if lite else "swish",
         drop_path_rate=drop_path_rate,
     )
@@ -151,6 +157,8 @@ def _backbone(arch: str, drop_path_rate: float) -> BackboneConfig:
 _SUM = {"fpn_weighting": "sum"}
 # Lite variants: sum weighting in the BiFPN, and inputs normalised to [-1, 1].
 _LITE = {"fpn_weighting": "sum", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+# PyTorch-style variants: symmetric padding in the BiFPN and heads, no conv bias before BN.
+_SYMMETRIC = {"tf_padding": False, "redundant_bias": False}
 
 # name: (backbone, drop path, image, fpn channels, fpn cells, head repeats, anchor scale, extra)
 # fmt: off
@@ -173,11 +181,29 @@ _TABLE: dict[str, tuple] = {
     "tf_efficientdet_lite3x": ("tf_efficientnet_lite3", 0.2, 640, 200, 6, 4, 3.0, _LITE),
     "tf_efficientdet_lite4": ("tf_efficientnet_lite4", 0.2, 640, 224, 7, 4, 4.0, _LITE),
     # The one non-TF variant: timm's efficientnet_b0 (symmetric padding, backbone BN eps 1e-5).
-    "efficientdet_d0": (
-        "efficientnet_b0", 0.1, 512, 64, 3, 3, 4.0, {"tf_padding": False, "redundant_bias": False},
-    ),
+    "efficientdet_d0": ("efficientnet_b0", 0.1, 512, 64, 3, 3, 4.0, _SYMMETRIC),
+}
+# NVIDIA DeepLearningExamples' configs on its own backbone, which always drops paths at rate 0.2
+# (survival 0.8) and ignores the configs' backbone drop_path_rate. Its `efficientdet_d0`-`d3`
+# pad symmetrically without redundant biases; its `efficientdet_d4` keeps the defaults (TF-'same'
+# BiFPN, redundant biases), as do the `tf_` configs. The class head's padding to a multiple of
+# 8 classes (--fused-focal-loss) is an artefact of the file, cut on import.
+_NVIDIA_TABLE: dict[str, tuple] = {
+    "nvidia_efficientdet_d0": ("nvidia_efficientnet_b0", 0.2, 512, 64, 3, 3, 4.0, _SYMMETRIC),
+    "nvidia_efficientdet_d1": ("nvidia_efficientnet_b1", 0.2, 640, 88, 4, 3, 4.0, _SYMMETRIC),
+    "nvidia_efficientdet_d2": ("nvidia_efficientnet_b2", 0.2, 768, 112, 5, 3, 4.0, _SYMMETRIC),
+    "nvidia_efficientdet_d3": ("nvidia_efficientnet_b3", 0.2, 896, 160, 6, 4, 4.0, _SYMMETRIC),
+    "nvidia_efficientdet_d4": ("nvidia_efficientnet_b4", 0.2, 1024, 224, 7, 4, 4.0, {}),
+    **{
+        "nvidia_" + name: ("nvidia_efficientnet_" + row[0].rsplit("_", 1)[1], *row[1:])
+        for name, row in _TABLE.items()
+        if name.startswith("tf_efficientdet_d") and name != "tf_efficientdet_d7x"
+    },
 }
 # fmt: on
+_TABLE.update(_NVIDIA_TABLE)
+NVIDIA_PRESETS: tuple[str, ...] = tuple(_NVIDIA_TABLE)
+"""NVIDIA's architectures (its checkpoints import with `weights.load(source="nvidia")`)."""
 
 ALIASES: dict[str, str] = {
     **{f"d{i}": f"tf_efficientdet_d{i}" for i in range(8)},

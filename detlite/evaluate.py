@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ from .metrics import (
 from .predictions import FolderJob, predict_folder
 from .steps import CompileMode, Predictor, StepOptions
 from .stopping import StopRequest
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -217,13 +220,29 @@ def run(cfg: EvalConfig) -> dict:
         distributed.teardown()
 
 
+def _model_categories(path: Path, num_classes: int, file_map: CategoryMap) -> CategoryMap:
+    """The checkpoint's categories, with a warning when none of the data's categories has the
+    name the model gives its id (e.g. a COCO model scored on other data)."""
+    chosen = checkpoint.category_map(path, num_classes, file_map)
+    names = dict(zip(chosen.ids, chosen.names, strict=True))
+    pairs = zip(file_map.ids, file_map.names, strict=True)
+    shared = [(i, names[i], theirs) for i, theirs in pairs if i in names]
+    if shared and all(ours.lower() != theirs.lower() for _, ours, theirs in shared):
+        logger.warning(
+            "%s: its categories are not the data's (id %s is %r for the model, %r in the "
+            "annotations): detections are scored against other categories that share their ids",
+            path, *shared[0],
+        )  # fmt: skip
+    return chosen
+
+
 def _evaluate_checkpoint(cfg: EvalConfig, predictor: Predictor, params: Params, world) -> dict:
     paths = val_split(cfg.data)
     assert paths is not None  # evaluation falls back to the built-in val split
     num_classes = predictor.cfg.num_classes
     split = EvalSplit.open(
         paths,
-        lambda file_map: checkpoint.category_map(cfg.checkpoint, num_classes, file_map),
+        lambda file_map: _model_categories(cfg.checkpoint, num_classes, file_map),
         image_size=predictor.cfg.image_size,
         batch_size=cfg.batch_size,
         world=world,

@@ -42,7 +42,8 @@ def initial_params(cfg: TrainConfig, model_cfg: ModelConfig, notes: list[str]) -
         notes.append(
             "warning: the backbone starts from random weights, where the reference recipes start "
             "from ImageNet weights — pass --model.backbone-weights FILE with "
-            "--model.backbone-source timm|torchvision|lukemelas|effdet (README: Importing weights)"
+            "--model.backbone-source timm|torchvision|lukemelas|effdet|nvidia "
+            "(README: Importing weights)"
         )
         return model.init(model_cfg, seed=cfg.seed)
     notes.append(f"backbone: ImageNet weights from {backbone_file}")

@@ -77,8 +77,10 @@ def coco_scores(
 ) -> tuple[dict[str, float], list[dict]]:
     """The 12 COCO bbox metrics and the per-class AP rows (`per_class_ap`) of one evaluation."""
     if not results:
-        # pycocotools cannot load an empty result list; nothing detected scores zero everywhere.
-        empty = {"AP": 0.0, "AP50": 0.0}
+        # pycocotools cannot load an empty result list; nothing detected scores zero everywhere,
+        # and no recall point is reached (-1, as COCOeval marks them).
+        unreached = [-1.0] * len(COCOeval(iouType="bbox").params.recThrs)
+        empty = {"AP": 0.0, "AP50": 0.0, "pr50": unreached, "pr": unreached}
         return dict.fromkeys(METRIC_NAMES, 0.0), [
             {**row, **empty} for row in _class_rows(coco_gt, image_ids)
         ]

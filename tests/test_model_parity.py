@@ -117,7 +117,9 @@ def test_drop_path_only_in_training():
     assert not torch.allclose(train_a, train_b)
 
 
-ALL_EFFDET_NAMES = [n for n in config.PRESETS if n not in config.ALIASES]
+ALL_EFFDET_NAMES = [
+    n for n in config.PRESETS if n not in config.ALIASES and n not in config.NVIDIA_PRESETS
+]
 
 
 @pytest.mark.parametrize("name", ALL_EFFDET_NAMES)

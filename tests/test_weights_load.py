@@ -193,3 +193,13 @@ def test_cli_mismatch_exits_with_the_message(tmp_path, effdet_state):
     params, cfg = checkpoint.load(dst)
     assert cfg.num_classes == 3
     assert params["class_head.predict.pw.bias"].shape == (cfg.num_anchors * 3,)
+
+
+def test_whole_pickled_module_is_refused_naming_its_class(tmp_path, cfg):
+    path = tmp_path / "whole_model.pth"
+    torch.save(torch.nn.Conv2d(3, 8, 3), path)  # the module, not its state dict
+    with pytest.raises(ValueError) as info:
+        weights.load(path, cfg, source="effdet")
+    message = str(info.value)
+    assert "torch.nn.modules.conv.Conv2d" in message and "state_dict()" in message
+    assert message.count("\n") == 0

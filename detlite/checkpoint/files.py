@@ -21,6 +21,7 @@ from torch import Tensor
 from .. import config as config_lib
 from ..config import ModelConfig
 from ..data.coco import CategoryMap
+from ..data.coco_categories import COCO_NUM_CLASSES, coco90_category_map
 from ..errors import DetliteError
 
 FORMAT = "detlite-params-v1"
@@ -195,8 +196,8 @@ def category_map(
         return stored
     if fallback is not None and fallback.num_classes == num_classes:
         return fallback
-    if num_classes == 90:
-        return CategoryMap(ids=tuple(range(1, 91)), names=tuple(f"class{i}" for i in range(1, 91)))
+    if num_classes == COCO_NUM_CLASSES:
+        return coco90_category_map()
     raise CheckpointError(
         f"{path}: no category mapping stored and the data has a different class count than the "
         f"model ({num_classes}); evaluate on the data it was trained on"

@@ -15,6 +15,8 @@ Sources:
   timm         timm EfficientNet / EfficientNet-Lite classifiers → backbone
   torchvision  torchvision efficientnet_b0 .. b7 classifiers → backbone (see from_torchvision)
   lukemelas    efficientnet_pytorch naming (`_conv_stem`, `_blocks.N...`) → backbone
+  nvidia       NVIDIA DeepLearningExamples EfficientDet-PyTorch `.pth.tar` checkpoints (its own
+               EfficientNet backbone; the `nvidia_*` presets), or its bare backbone
   detlite      detlite's own names (e.g. to re-head a detlite checkpoint with strict=False)
 """
 
@@ -36,8 +38,9 @@ from . import from_lukemelas as lukemelas_format
 from . import from_torchvision as torchvision_format
 from .effdet_format import from_effdet, from_timm_backbone
 from .files import WeightImportError, read_state_dict
+from .from_nvidia import block_count_hint, class_head_hint, from_nvidia
 
-Source = Literal["effdet", "timm", "torchvision", "lukemelas", "detlite"]
+Source = Literal["effdet", "timm", "torchvision", "lukemelas", "nvidia", "detlite"]
 Part = Literal["all", "backbone"]
 SOURCES: tuple[str, ...] = get_args(Source)
 PARTS: tuple[str, ...] = get_args(Part)
@@ -117,6 +120,8 @@ def rename(
         return torchvision_format.from_torchvision(state_dict)
     if source == "lukemelas":
         return lukemelas_format.from_lukemelas(state_dict, cfg.backbone)
+    if source == "nvidia":
+        return from_nvidia(state_dict, cfg)
     if source == "detlite":
         return dict(state_dict), []
     raise ValueError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")
@@ -125,6 +130,9 @@ def rename(
 def guess_source(keys: list[str] | set[str]) -> Source | None:
     """The source whose naming these keys look like (for error hints), or None."""
     keys = set(_strip_wrapper_prefixes(dict.fromkeys(keys)))
+    # NVIDIA's BiFPN and heads have effdet's names: its backbone tells it apart.
+    if any(k.startswith(("input_conv.", "mbconv_blocks.")) or ".mbconv_blocks." in k for k in keys):
+        return "nvidia"
     effdet_prefixes = ("fpn.cell.", "class_net.", "model.fpn.", "backbone.conv_stem.")
     if any(k.startswith(effdet_prefixes) for k in keys):
         return "effdet"
@@ -145,6 +153,12 @@ def _config_mismatch(source: Source, cfg: ModelConfig, renamed: Params) -> str |
         return torchvision_format.config_mismatch(cfg.backbone, renamed)
     if source == "lukemelas":
         return lukemelas_format.config_mismatch(cfg.backbone)
+    if source == "nvidia" and (cfg.backbone.tf_padding or cfg.backbone.bn_eps != 1e-3):
+        return (
+            "NVIDIA's backbone pads symmetrically with BatchNorm eps 1e-3, the config's backbone "
+            f"({cfg.backbone.arch}) does not — the weights load, but outputs differ from NVIDIA's; "
+            "choose the nvidia_* preset of the file's variant"
+        )
     return None
 
 
@@ -195,6 +209,7 @@ def _find_mismatch(
 def _hints(
     problems: _Mismatch,
     state_dict: Mapping[str, Tensor],
+    renamed: Params,
     cfg: ModelConfig,
     source: Source,
     part: Part,
@@ -203,6 +218,13 @@ def _hints(
     guessed = guess_source(list(state_dict))
     if guessed is not None and guessed != source:
         hints.append(f"the keys look like source={guessed!r} (CLI: --source {guessed})")
+    if source == "nvidia" and (reason := block_count_hint(dict(state_dict), cfg)):
+        hints.append(reason)
+    if source == "nvidia" and not cfg.backbone.arch.startswith("nvidia_"):
+        hints.append(
+            "NVIDIA's checkpoints have its own backbone: use the nvidia_* preset of the file's "
+            "variant, e.g. nvidia_efficientdet_d0 (CLI: --preset nvidia_efficientdet_d0)"
+        )
     lukemelas_file = source == "lukemelas" and guessed == source
     if lukemelas_file and (
         reason := lukemelas_format.block_count_mismatch(dict(state_dict), cfg.backbone)
@@ -214,7 +236,10 @@ def _hints(
             "the file holds no BiFPN/head weights: pass part='backbone' (CLI: --part backbone) to "
             "import the backbone and initialise the rest"
         )
-    if any(k.startswith("class_head.predict.") for k, _, _ in problems.misshaped):
+    head_misshaped = any(k.startswith("class_head.predict.") for k, _, _ in problems.misshaped)
+    if head_misshaped and source == "nvidia" and (hint := class_head_hint(renamed, cfg)):
+        hints.append(hint)
+    elif head_misshaped:
         hints.append(
             "the class head was trained for another class count than "
             f"num_classes={cfg.num_classes}: set num_classes to match (CLI: --num-classes N), "
@@ -255,7 +280,7 @@ def convert_with_report(
     if problems:
         where = f"{origin} (source={source!r}) for config {cfg.name!r} (part={part!r})"
         if strict:
-            hints = [f"hint: {h}" for h in _hints(problems, state_dict, cfg, source, part)]
+            hints = [f"hint: {h}" for h in _hints(problems, state_dict, renamed, cfg, source, part)]
             header = f"{where} does not fit: {problems.counts()}"
             raise WeightImportError("\n".join([header, *problems.listing(), *hints]))
         header = f"{where}: skipped {problems.counts()}, kept their initialised values"
@@ -315,9 +340,11 @@ def load(
     part: Part = "all",
     strict: bool = True,
     seed: int = 0,
+    ema: bool = False,
 ) -> Params:
-    """`convert` of the checkpoint file at `path` (see `read_state_dict` for the formats)."""
-    state_dict = read_state_dict(path)
+    """`convert` of the checkpoint file at `path` (see `read_state_dict` for the formats);
+    `ema=True` takes a training checkpoint's EMA weights (`state_dict_ema`)."""
+    state_dict = read_state_dict(path, ema=ema)
     return convert_with_report(
         state_dict, cfg, source, part, strict=strict, seed=seed, origin=str(path)
     )[0]

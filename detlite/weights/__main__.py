@@ -3,6 +3,8 @@
     python -m detlite.weights tf_efficientdet_d0.pth d0.safetensors --preset d0 --source effdet
     python -m detlite.weights efficientnet_b0.pth b0.safetensors --preset efficientdet_d0 \\
         --source torchvision --part backbone --num-classes 3
+    python -m detlite.weights model_best.pth.tar d0.safetensors --preset nvidia_efficientdet_d0 \\
+        --source nvidia --ema
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Annotated, Literal
 import tyro
 
 from .. import checkpoint, config, errors, validate
+from ..checkpoint.files import CATEGORY_MAP_KEY
+from ..data.coco_categories import COCO_NUM_CLASSES, coco90_category_map
 from ..errors import ConfigError
 from . import Part, Source, convert_with_report, read_state_dict
 
@@ -23,17 +27,20 @@ PresetName = Literal[config.PRESETS]  # type: ignore[valid-type]
 
 @dataclass(frozen=True)
 class ConvertArgs:
-    """Import weights from an effdet, timm, torchvision or efficientnet_pytorch checkpoint and
-    write them, with the model config, as a detlite checkpoint."""
+    """Import weights from an effdet, timm, torchvision, efficientnet_pytorch or NVIDIA
+    EfficientDet-PyTorch checkpoint and write them, with the model config, as a detlite
+    checkpoint."""
 
     src: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SRC")]
-    """Checkpoint to import: .pth / .pt / .bin (torch.load, weights only) or .safetensors."""
+    """Checkpoint to import: .pth / .pth.tar / .pt / .bin (torch.load, weights only) or
+    .safetensors."""
     dst: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="DST")]
     """Where to write the detlite checkpoint (safetensors, with the model config)."""
     preset: PresetName
     """Model variant the weights are for (e.g. tf_efficientdet_d0, d0, lite0, efficientdet_d0)."""
     source: Source
-    """Key naming; timm, torchvision, lukemelas (efficientnet_pytorch) are classifier files."""
+    """Key naming; timm, torchvision, lukemelas (efficientnet_pytorch) are classifier files;
+    nvidia: NVIDIA DeepLearningExamples' EfficientDet (with an nvidia_* preset)."""
     part: Part = "all"
     """Import everything, or only the backbone (classifier files; BiFPN and heads start fresh)."""
     num_classes: int | None = None
@@ -46,6 +53,8 @@ class ConvertArgs:
     """Seed of the initialisation of every tensor that does not come from the file."""
     overwrite: bool = False
     """Replace DST if it exists (otherwise an existing file is never overwritten)."""
+    ema: bool = False
+    """Import a training checkpoint's EMA weights (state_dict_ema) instead of its plain ones."""
 
 
 def check(args: ConvertArgs) -> None:
@@ -66,7 +75,7 @@ def check(args: ConvertArgs) -> None:
 def run(args: ConvertArgs) -> str:
     """Do the conversion; returns the one-line summary."""
     cfg = config.preset(args.preset, num_classes=args.num_classes, image_size=args.image_size)
-    state_dict = read_state_dict(args.src)
+    state_dict = read_state_dict(args.src, ema=args.ema)
     params, report = convert_with_report(
         state_dict,
         cfg,
@@ -77,6 +86,9 @@ def run(args: ConvertArgs) -> str:
         origin=str(args.src),
     )
     metadata = {"imported_from": args.src.name, "import_source": args.source}
+    if cfg.num_classes == COCO_NUM_CLASSES and args.part == "all":
+        # A whole 90-class detector was trained on COCO: its labels are COCO ids 1..90.
+        metadata[CATEGORY_MAP_KEY] = coco90_category_map().to_json()
     checkpoint.save(args.dst, params, cfg, metadata=metadata)
     return f"{args.src} -> {args.dst} ({cfg.name}, {args.part}): {report.summary()}"
 
