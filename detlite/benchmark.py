@@ -26,7 +26,7 @@ def benchmark(run: Run) -> dict[str, Any]:
         if step >= run.total_steps:
             break
         start = time.perf_counter()
-        run.step(micro_batches, lr_at(step, run.total_steps, run.peak_lr, run.cfg.schedule))
+        run.step(micro_batches, lr_at(step, run.total_steps, run.peak_lr, run.cfg.schedule), step)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= BENCHMARK_WARMUP_STEPS:

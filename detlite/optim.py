@@ -30,6 +30,9 @@ class OptimConfig:
     """Global L2 norm of the (unscaled) gradients; 0 disables clipping."""
     ema_decay: float = 0.9998
     """EMA of all weights and BN statistics, used for evaluation; 0 disables the EMA."""
+    ema_warmup: bool = True
+    """Warm the EMA up: decay min(ema_decay, (1 + step) / (10 + step)), as TF's EfficientDet
+    does, so that the average soon forgets the initial weights instead of carrying them."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,11 @@ def scaled_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def ema_decay_at(step: int, cfg: OptimConfig) -> float:
+    """The EMA decay of the update after `step` optimizer steps (0 for the first update)."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
 
 
 @torch.no_grad()

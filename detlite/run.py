@@ -37,7 +37,7 @@ from .evaluate import EvalSplit
 from .init_weights import initial_params, model_config
 from .layers import Params
 from .metrics import metrics_table, write_results
-from .optim import ema_update, make_sgd, peak_lr, scaled_step, set_lr, trainable_names
+from .optim import ema_decay_at, ema_update, make_sgd, peak_lr, scaled_step, set_lr, trainable_names
 from .parallel import LossOverRanks
 from .resume import describe_changes, run_dir_of
 from .steps import Predictor, StepOptions, TrainingLoss, parameter_dtype
@@ -87,9 +87,12 @@ class Run:
         while group := list(itertools.islice(micro, self.cfg.grad_accum_steps)):
             yield group
 
-    def step(self, micro_batches: list[dict], lr: float) -> tuple[Tensor, Tensor, Tensor]:
-        """One optimizer step on a step's micro-batches at learning rate `lr`; returns the
-        (total, class, box) loss of this rank's share of the global batch (not synchronised).
+    def step(
+        self, micro_batches: list[dict], lr: float, step: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Optimizer step number `step` (0-based) on its micro-batches at learning rate `lr`;
+        returns the (total, class, box) loss of this rank's share of the global batch (not
+        synchronised).
 
         Targets first, for the positive count of the whole global batch (summed over ranks):
         every part of the loss is normalised by it, so the parts add up to the loss of the
@@ -114,7 +117,7 @@ class Run:
             self.dash.warn_count("skipped fp16 steps", self.skipped_fp16_steps)
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            ema_update(self.ema, self.params, self.cfg.optim.ema_decay)
+            ema_update(self.ema, self.params, ema_decay_at(step, self.cfg.optim))
         return tuple(torch.stack(parts).sum(dim=0).unbind())
 
     def close(self) -> None:

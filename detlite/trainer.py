@@ -54,7 +54,7 @@ def loop(run: Run) -> dict[str, Any]:
         if step >= run.total_steps:
             break
         lr = lr_at(step, run.total_steps, run.peak_lr, cfg.schedule)
-        losses = run.step(micro_batches, lr)
+        losses = run.step(micro_batches, lr, step)
         if run.dash.enabled and step == first_step:  # the run's (or this resume's) first step
             run_outputs.first_batch(cfg.output, micro_batches[0], run.category_map.names)
         step += 1
