@@ -2,7 +2,6 @@
 
 #include <sched.h>
 #include <algorithm>
-#include <numeric>
 
 namespace dl {
 
@@ -120,11 +119,7 @@ std::vector<int> rank_sockets(const Topology& topo, int nproc, const std::vector
 
 // The physical cores (indices into `ncores` cores of its socket) for the j-th of n ranks on a socket.
 std::vector<size_t> pick_cores(CpuBind mode, size_t j, size_t n, size_t ncores) {
-  if (mode == CpuBind::Socket) {
-    std::vector<size_t> all(ncores);
-    std::iota(all.begin(), all.end(), 0);
-    return all;
-  }
+  if (mode == CpuBind::Socket) return pick_cores(CpuBind::SocketUniqueContiguous, 0, 1, ncores);  // all of them
   if (ncores < n) return {j % ncores};  // more ranks than cores: ranks share cores round-robin
   const size_t k = ncores / n;
   std::vector<size_t> picked;

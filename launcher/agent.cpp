@@ -341,12 +341,11 @@ void Agent::add_pollfds(std::vector<pollfd>* fds) {
 }
 
 void Agent::on_poll(const pollfd* fds, size_t n) {
-  for (size_t k = 0; k < n; ++k) {
+  for (size_t k = 0; k < n; ++k)
     for (auto& w : workers_)
       for (int i = 0; i < 2; ++i)
         if (w->io[i].fd == fds[k].fd && (fds[k].revents & (POLLIN | POLLHUP | POLLERR))) read_stream(*w, i);
-    if (state_ == AgentState::Draining) after_exit();
-  }
+  if (state_ == AgentState::Draining) after_exit();  // the last pipes may have closed
 }
 
 void Agent::emit_line(Worker& w, int i, const std::string& line) {

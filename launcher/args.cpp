@@ -13,56 +13,53 @@ namespace {
 constexpr const char* kVersion = "0.1.0";
 
 struct Spec {
-  const char* name;        // canonical, with dashes
-  const char* short_name;  // nullptr: none
-  const char* metavar;     // nullptr: a flag without a value; "[...]": the value is optional
-  const char* help;        // nullptr: hidden (testing only)
+  const char* name;                  // canonical, with dashes
+  const char* metavar;               // nullptr: a flag without a value; "[...]": the value is optional
+  const char* help;                  // nullptr: hidden (testing only)
+  const char* short_name = nullptr;  // nullptr: none
 };
 
 // Every option, in the order of --help (docs/launcher.md has the details).
 const Spec kSpecs[] = {
-    {"nnodes", nullptr, "N", "Number of nodes, one launcher each (MIN:MAX only with MIN == MAX). Default 1."},
-    {"nproc-per-node", nullptr, "N|cpu|gpu|auto", "Workers on this node: a number, one per CPU, per GPU, or GPUs "
+    {"nnodes", "N", "Number of nodes, one launcher each (MIN:MAX only with MIN == MAX). Default 1."},
+    {"nproc-per-node", "N|cpu|gpu|auto", "Workers on this node: a number, one per CPU, per GPU, or GPUs "
      "if any else CPUs. Default 1."},
-    {"node-rank", nullptr, "R", "Rank of this node, 0..nnodes-1. Default 0."},
-    {"master-addr", nullptr, "ADDR", "MASTER_ADDR (node 0), also the control-plane host. Default 127.0.0.1."},
-    {"master-port", nullptr, "PORT", "MASTER_PORT, where worker rank 0 hosts the store; 0: a free one. Default "
-     "29500."},
-    {"rdzv-endpoint", nullptr, "HOST[:PORT]", "Where node 0's launcher listens for the others. Default "
-     "MASTER_ADDR:29400."},
-    {"rdzv-id", nullptr, "ID", "Run id shared by all nodes (TORCHELASTIC_RUN_ID). Default 'none'."},
-    {"rdzv-timeout", nullptr, "SECONDS", "How long nodes wait for each other to join. Default 600."},
-    {"rdzv-backend", nullptr, "NAME", "static or c10d, both the built-in rendezvous through node 0; others are "
-     "refused."},
-    {"rdzv-conf", nullptr, "K=V,...", "join_timeout (or timeout) sets --rdzv-timeout; other keys are refused."},
-    {"standalone", nullptr, nullptr, "One node on a free port (refused with another --nnodes or --master-port)."},
-    {"local-addr", nullptr, "ADDR", "This node's address for the control connection (node 0: to listen on)."},
-    {"max-restarts", nullptr, "K", "Restart the whole job up to K times after a worker failure. Default 0."},
-    {"grace-period", nullptr, "SECONDS", "Between SIGTERM and SIGKILL when stopping workers. Default 10."},
-    {"heartbeat-interval", nullptr, "SECONDS", "Control-plane heartbeat period. Default 1."},
-    {"heartbeat-timeout", nullptr, "SECONDS", "A node silent this long is lost and the job stops. Default 15."},
-    {"monitor-interval", nullptr, "SECONDS", "Refused: worker exits are noticed at once, nothing is polled."},
-    {"role", nullptr, "NAME", "ROLE_NAME for the workers. Default 'default'."},
-    {"log-dir", nullptr, "DIR", "Per-rank logs and error files in DIR/attempt_<k>/rank_<r>/, DIR/summary.json; "
+    {"node-rank", "R", "Rank of this node, 0..nnodes-1. Default 0."},
+    {"master-addr", "ADDR", "MASTER_ADDR (node 0), also the control-plane host. Default 127.0.0.1."},
+    {"master-port", "PORT", "MASTER_PORT, where worker rank 0 hosts the store; 0: a free one. Default 29500."},
+    {"rdzv-endpoint", "HOST[:PORT]", "Where node 0's launcher listens for the others. Default MASTER_ADDR:29400."},
+    {"rdzv-id", "ID", "Run id shared by all nodes (TORCHELASTIC_RUN_ID). Default 'none'."},
+    {"rdzv-timeout", "SECONDS", "How long nodes wait for each other to join. Default 600."},
+    {"rdzv-backend", "NAME", "static or c10d, both the built-in rendezvous through node 0; others are refused."},
+    {"rdzv-conf", "K=V,...", "join_timeout (or timeout) sets --rdzv-timeout; other keys are refused."},
+    {"standalone", nullptr, "One node on a free port (refused with another --nnodes or --master-port)."},
+    {"local-addr", "ADDR", "This node's address for the control connection (node 0: to listen on)."},
+    {"max-restarts", "K", "Restart the whole job up to K times after a worker failure. Default 0."},
+    {"grace-period", "SECONDS", "Between SIGTERM and SIGKILL when stopping workers. Default 10."},
+    {"heartbeat-interval", "SECONDS", "Control-plane heartbeat period. Default 1."},
+    {"heartbeat-timeout", "SECONDS", "A node silent this long is lost and the job stops. Default 15."},
+    {"monitor-interval", "SECONDS", "Refused: worker exits are noticed at once, nothing is polled."},
+    {"role", "NAME", "ROLE_NAME for the workers. Default 'default'."},
+    {"log-dir", "DIR", "Per-rank logs and error files in DIR/attempt_<k>/rank_<r>/, DIR/summary.json; "
      "output to the files only."},
-    {"tee", "t", "[0-3]", "With --log-dir, also on the console: bare or 3 both streams, 1 stdout, 2 stderr."},
-    {"redirects", "r", "0-3", "With --log-dir, streams kept off the console: 3 (default) both, 1 stdout, 2 "
-     "stderr, 0 none."},
-    {"local-ranks-filter", nullptr, "R,...", "Only these local ranks on the console (log files get all)."},
-    {"cpu-bind", nullptr, "MODE", "Worker CPU affinity: none, socket, socket-unique-contiguous, "
+    {"tee", "[0-3]", "With --log-dir, also on the console: bare or 3 both streams, 1 stdout, 2 stderr.", "t"},
+    {"redirects", "0-3", "With --log-dir, streams kept off the console: 3 (default) both, 1 stdout, 2 "
+     "stderr, 0 none.", "r"},
+    {"local-ranks-filter", "R,...", "Only these local ranks on the console (log files get all)."},
+    {"cpu-bind", "MODE", "Worker CPU affinity: none, socket, socket-unique-contiguous, "
      "socket-unique-interleaved, core."},
-    {"numa-binding", nullptr, "MODE", "node/socket, exclusive, core-complex: --cpu-bind socket, "
+    {"numa-binding", "MODE", "node/socket, exclusive, core-complex: --cpu-bind socket, "
      "socket-unique-contiguous, core."},
-    {"signals-to-handle", nullptr, "SIG,...", "Forwarded signals. Default SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,"
+    {"signals-to-handle", "SIG,...", "Forwarded signals. Default SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,"
      "SIGUSR2 (USR1/2 only forwarded)."},
-    {"no-python", nullptr, nullptr, "Run the command as is instead of 'python3 -u script'."},
-    {"module", "m", nullptr, "Run the script as a module: 'python3 -u -m module'."},
-    {"run-path", nullptr, nullptr, "Run the script by path ('python3 -u script'), overriding --no-python and -m."},
-    {"dry-run", nullptr, nullptr, "Print the resolved configuration as JSON and exit."},
-    {"expand-hostlist", nullptr, "LIST", "Print the hosts of a SLURM hostlist, one per line, and exit."},
-    {"sysfs-root", nullptr, "DIR", nullptr},
-    {"help", "h", nullptr, "Show this help and exit."},
-    {"version", nullptr, nullptr, "Print the version and exit."},
+    {"no-python", nullptr, "Run the command as is instead of 'python3 -u script'."},
+    {"module", nullptr, "Run the script as a module: 'python3 -u -m module'.", "m"},
+    {"run-path", nullptr, "Run the script by path ('python3 -u script'), overriding --no-python and -m."},
+    {"dry-run", nullptr, "Print the resolved configuration as JSON and exit."},
+    {"expand-hostlist", "LIST", "Print the hosts of a SLURM hostlist, one per line, and exit."},
+    {"sysfs-root", "DIR", nullptr},
+    {"help", nullptr, "Show this help and exit.", "h"},
+    {"version", nullptr, "Print the version and exit."},
 };
 
 // The signals --signals-to-handle may name (the default set).
@@ -177,19 +174,14 @@ void parse_world(const Source& src, const EnvMap& env, Options* o) {
   if (o->node_rank >= o->nnodes)
     refuse("--node-rank " + std::to_string(o->node_rank) + " is not below --nnodes " + std::to_string(o->nnodes));
   const std::string raw = src.value("nproc-per-node").value_or("1"), nproc = to_lower(trim(raw));
-  auto cpus = [&] { return std::max<int>(1, static_cast<int>(allowed_cpus(env).size())); };
+  const bool gpu = nproc == "gpu" || nproc == "cuda" || nproc == "auto";
+  const int gpus = gpu ? visible_gpu_count(o->sysfs_root, env) : 0;
   long long n = 0;
-  if (nproc == "cpu") {
-    o->nproc_per_node = cpus();
-  } else if (nproc == "gpu" || nproc == "cuda" || nproc == "auto") {
-    const int gpus = visible_gpu_count(o->sysfs_root, env);
-    if (gpus == 0 && nproc != "auto") refuse("--nproc-per-node gpu: no visible NVIDIA GPU");
-    o->nproc_per_node = gpus > 0 ? gpus : cpus();
-  } else if (parse_int(nproc, &n) && n >= 1 && n <= 100000) {
-    o->nproc_per_node = static_cast<int>(n);
-  } else {
-    expected("nproc-per-node", "a positive integer, cpu, gpu or auto", raw);
-  }
+  if (gpu && gpus == 0 && nproc != "auto") refuse("--nproc-per-node gpu: no visible NVIDIA GPU");
+  if (nproc == "cpu" || (gpu && gpus == 0)) o->nproc_per_node = std::max(1, static_cast<int>(allowed_cpus(env).size()));
+  else if (gpu) o->nproc_per_node = gpus;
+  else if (parse_int(nproc, &n) && n >= 1 && n <= 100000) o->nproc_per_node = static_cast<int>(n);
+  else expected("nproc-per-node", "a positive integer, cpu, gpu or auto", raw);
 }
 
 void parse_endpoint(const std::string& v, Options* o) {

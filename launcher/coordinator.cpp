@@ -67,9 +67,8 @@ void Coordinator::start_round(const std::string& reason) {
     port = probe_port(0);  // a restart's old port may still be held by a dying store
     if (port == 0) return fail_rendezvous("node 0 found no free TCP port for MASTER_PORT");
   } else if (!probe_port(port)) {
-    log_line("warning: MASTER_PORT " + std::to_string(port) +
-             " is already in use on this host; rank 0 will fail to host the store (use --master-port 0 for a "
-             "free port)");
+    log_line("warning: MASTER_PORT " + std::to_string(port) + " is already in use on this host; rank 0 will fail "
+             "to host the store (use --master-port 0 for a free port)");
   }
   log_.world_size = 0;
   for (Node& n : nodes_) {
@@ -149,13 +148,11 @@ void Coordinator::finish_round() {
   // The candidates for the root cause: signals to launchers, lost nodes, and workers that failed on
   // their own. Workers stopped by the launcher ("terminated") are consequences, not causes.
   std::vector<RootCause> all = events_;
-  for (const Fate& f : log_.fates) {
-    if (f.state != RankState::Failed) continue;
-    all.push_back({CauseKind::Worker, f.code() > 0 ? f.code() : 1,
-                   "rank " + std::to_string(f.rank) + " on node " + std::to_string(f.node) + " (" + f.host +
-                       ", pid " + std::to_string(f.pid) + ") " + f.how(),
-                   f.node, f.t_exit, f});
-  }
+  for (const Fate& f : log_.fates)
+    if (f.state == RankState::Failed)
+      all.push_back({CauseKind::Worker, f.code() > 0 ? f.code() : 1, "rank " + std::to_string(f.rank) + " on node " +
+                     std::to_string(f.node) + " (" + f.host + ", pid " + std::to_string(f.pid) + ") " + f.how(),
+                     f.node, f.t_exit, f});
   const bool all_ok = std::all_of(log_.fates.begin(), log_.fates.end(),
                                   [](const Fate& f) { return f.state == RankState::Succeeded; });
   if (all.empty() && all_ok) return send_result(nullptr, {});

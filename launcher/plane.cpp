@@ -121,9 +121,7 @@ class Hub final : public Plane {
     while (n > polled_ && fds[polled_].revents) {
       const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd < 0) return;
-      peers_.emplace_back();
-      peers_.back().conn = std::make_unique<Conn>(fd);
-      peers_.back().deadline = mono_now() + 10;  // a HELLO is due right away; drop silent connections
+      peers_.push_back(Peer{std::make_unique<Conn>(fd), -1, mono_now() + 10});  // a HELLO is due right away
     }
   }
 
@@ -166,7 +164,7 @@ class Hub final : public Plane {
   struct Peer {
     std::unique_ptr<Conn> conn;
     int node = -1;         // -1 until its HELLO is accepted
-    double deadline = 0;   // for a HELLO, or for a REJECT to go out
+    double deadline = 0;   // for a HELLO (silent connections are dropped), or for a REJECT to go out
     bool refused = false;
   };
 
@@ -248,7 +246,7 @@ class Uplink final : public Plane {
         state_ = Joined;
         agent_->coordinator_joined();
       } else if (state_ == Handshake && m.type == "REJECT") {
-        return give_up("node 0 refused this node: " + m.get("reason"));
+        return gone("node 0 refused this node: " + m.get("reason"));
       } else if (m.type != "HB" && m.type != "WELCOME") {
         agent_->handle(m);  // START, ABORT, RESULT
       }
@@ -256,19 +254,19 @@ class Uplink final : public Plane {
     if (conn_ && conn_->closed() && !agent_->finished()) {
       const std::string why = conn_->close_reason();
       if (state_ == Handshake) retry(why);  // node 0 may be restarting: retry until the deadline
-      else if (state_ == Joined) lost("lost the connection to node 0 (" + why + ")");
+      else if (state_ == Joined) gone("lost the connection to node 0 (" + why + ")");
     }
   }
 
   void tick(double now) override {
     if (state_ == Waiting && now >= next_attempt_) try_connect();
     if (state_ == Joined && conn_ && !conn_->heartbeat(now, *opt_))
-      return lost("no heartbeat from node 0 for " + fmt_num(opt_->heartbeat_timeout) + " s");
+      return gone("no heartbeat from node 0 for " + fmt_num(opt_->heartbeat_timeout) + " s");
     if (state_ == Joined || state_ == Gone) return;
     const std::string where = opt_->rdzv_host + ":" + std::to_string(opt_->rdzv_port);
     if (now >= deadline_)
-      return give_up("could not join node 0 at " + where + " within " + fmt_num(opt_->rdzv_timeout) + " s" +
-                     (last_error_.empty() ? "" : " (last error: " + last_error_ + ")"));
+      return gone("could not join node 0 at " + where + " within " + fmt_num(opt_->rdzv_timeout) + " s" +
+                  (last_error_.empty() ? "" : " (last error: " + last_error_ + ")"));
     if (now >= next_note_) {
       log_line("waiting for node 0 at " + where + (last_error_.empty() ? "" : " (" + last_error_ + ")"));
       next_note_ = now + 30;
@@ -295,8 +293,7 @@ class Uplink final : public Plane {
     conn_ = std::make_unique<Conn>(fd);
     if (!opt_->local_addr.empty() && (!resolve(opt_->local_addr, 0, &local, &local_len, &err) ||
                                       bind(fd, reinterpret_cast<sockaddr*>(&local), local_len) != 0))
-      return give_up(!err.empty() ? err
-                                  : "cannot bind to --local-addr " + opt_->local_addr + ": " + errno_text(errno));
+      return gone(!err.empty() ? err : "cannot bind to --local-addr " + opt_->local_addr + ": " + errno_text(errno));
     if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 && errno != EINPROGRESS)
       return retry(errno_text(errno));
     state_ = Connecting;
@@ -309,16 +306,14 @@ class Uplink final : public Plane {
     next_attempt_ = mono_now() + kRetry;
   }
 
-  void give_up(const std::string& why) {  // the rendezvous failed
+  // Before the join the rendezvous failed; after it node 0 was lost. Gone first: the agent's reaction
+  // may send, which must then be dropped.
+  void gone(const std::string& why) {
+    const bool joined = state_ == Joined;
     state_ = Gone;
     conn_.reset();
-    agent_->finish_now(kExitRendezvous, why);
-  }
-
-  void lost(const std::string& why) {
-    conn_.reset();
-    state_ = Gone;
-    agent_->coordinator_lost(why);
+    if (joined) agent_->coordinator_lost(why);
+    else agent_->finish_now(kExitRendezvous, why);
   }
 
   const Options* opt_;
@@ -339,11 +334,10 @@ std::unique_ptr<Plane> start_hub(const Options* opt, Coordinator* coord, std::st
   const bool numeric = inet_pton(AF_INET, opt->rdzv_host.c_str(), &a4) == 1 ||
                        inet_pton(AF_INET6, opt->rdzv_host.c_str(), &a6) == 1;
   const std::string host = !opt->local_addr.empty() ? opt->local_addr : numeric ? opt->rdzv_host : "";
-  std::string err;
-  const int fd = listen_on(host, opt->rdzv_port, &err);
+  const int fd = listen_on(host, opt->rdzv_port, error);
   if (fd >= 0) return std::make_unique<Hub>(opt, coord, fd);
   *error = "cannot listen for the other nodes on " + (host.empty() ? std::string("*") : host) + ":" +
-           std::to_string(opt->rdzv_port) + ": " + err + " (choose another port with --rdzv-endpoint)";
+           std::to_string(opt->rdzv_port) + ": " + *error + " (choose another port with --rdzv-endpoint)";
   return nullptr;
 }
 

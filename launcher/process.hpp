@@ -1,10 +1,8 @@
 // Worker processes, started and stopped in one place. spawn_worker starts one: its own session and
 // process group, a parent-death signal, its CPU affinity and its stdout/stderr pipes, all set between
-// fork and exec. Teardown stops them: the agent's round states (agent.hpp) decide when; this decides
-// how: a signal to every live worker's process group, SIGKILL for what is left of a group whose
-// leader exited, a sweep of descendants that left their group (re-parented to the launcher, a child
-// subreaper), and at exit the last resort for everything. A guardian process forked at start-up does
-// the same if the launcher dies without getting there (SIGKILL, crash).
+// fork and exec. Teardown stops them: the agent's round states (agent.hpp) decide when, Teardown how
+// (its methods below). A guardian process forked at start-up does the same if the launcher dies
+// without getting there (SIGKILL, crash).
 #pragma once
 
 #include <sys/types.h>

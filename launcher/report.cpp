@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <algorithm>
-#include <cstdio>
 #include <cstdlib>
 
 namespace dl {

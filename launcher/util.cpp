@@ -161,11 +161,10 @@ std::string signal_name(int sig) {
 }
 
 int signal_from_name(const std::string& raw) {
-  std::string name = trim(raw);
-  for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (!starts_with(name, "SIG")) name = "SIG" + name;
+  std::string name = to_lower(trim(raw));
+  if (!starts_with(name, "sig")) name = "sig" + name;
   for (const auto& s : kSignals)
-    if (name == s.second) return s.first;
+    if (name == to_lower(s.second)) return s.first;
   return 0;
 }
 
@@ -207,20 +206,17 @@ void Console::run() {
     std::deque<std::pair<int, std::string>> batch;
     batch.swap(queue_);
     lock.unlock();
-    // Coalesce consecutive lines for the same fd into one write; each item is whole lines.
+    // Coalesce consecutive lines for the same fd into one write (up to about 1 MiB); each item is whole lines.
     std::string buf;
-    int buf_fd = -1;
     size_t done = 0;
-    for (auto& item : batch) {
-      if (item.first != buf_fd || buf.size() > (1u << 20)) {
-        if (!buf.empty()) write_text(buf_fd, buf);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      buf += batch[i].second;
+      done += batch[i].second.size();
+      if (i + 1 == batch.size() || batch[i + 1].first != batch[i].first || buf.size() > (1u << 20)) {
+        write_text(batch[i].first, buf);
         buf.clear();
-        buf_fd = item.first;
       }
-      buf += item.second;
-      done += item.second.size();
     }
-    if (!buf.empty()) write_text(buf_fd, buf);
     lock.lock();
     bytes_ -= done;
   }

@@ -1,7 +1,5 @@
 // What the launcher's parts share: clocks, strings, numbers, files, JSON text, signals, the console
-// (whole lines on stdout/stderr, written by one thread, so lines from different ranks never
-// interleave mid-line; worker output is read and prefixed in agent.cpp) with the launcher's own log
-// lines, and the interface of every part of the poll loop.
+// with the launcher's own log lines, and the interface of every part of the poll loop.
 #pragma once
 
 #include <poll.h>
@@ -51,9 +49,10 @@ inline bool fail(std::string* error, const std::string& msg) {  // for `return f
   return false;
 }
 
-// The single writer of the launcher's stdout/stderr. Producers enqueue whole lines and never block;
-// the event loop stops reading worker pipes while pending() is large (back-pressure) so a slow
-// console throttles the workers instead of the launcher's heartbeats.
+// The single writer of the launcher's stdout/stderr, so that lines from different ranks never interleave
+// mid-line (worker output is read and prefixed in agent.cpp). Producers enqueue whole lines and never block;
+// the event loop stops reading worker pipes while pending() is large (back-pressure) so a slow console
+// throttles the workers instead of the launcher's heartbeats.
 class Console {
  public:
   void start();  // from then on also the way of log_line's messages
