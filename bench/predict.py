@@ -6,11 +6,14 @@
 Per model and batch: effdet 0.4.1's DetBenchPredict (eager; its input already normalised float,
 which spares it the uint8 → float step detlite times), detlite's predictor eager and compiled
 (torch.compile), the AOTInductor package that `python -m detlite.export` writes, and the ONNX
-network (scores and boxes of every anchor, no NMS) under onnxruntime. Every row but ONNX includes
-top-k, decoding and NMS. Weights are random (timing does not depend on them beyond NMS, which sees
-the same kind of candidates in both). Times are medians over --repeats calls after --warmup calls
-(compilation and export excluded); the ratio is effdet's time over the row's. Run on an idle
-machine: every row is measured in one process, one after the other.
+network (scores and boxes of every anchor, no NMS) under onnxruntime (CPU provider, its threads
+not spinning between calls). Every row but ONNX includes top-k, decoding and NMS. Weights are
+random (timing does not depend on them beyond NMS, which sees the same kind of candidates in
+both). Times are medians over --repeats calls after --warmup calls (compilation and export
+excluded), taken in rounds that call every implementation once in turn; the ratio is effdet's
+time over the row's. Run on an idle machine. Before timing, each batch's detections are checked
+against the unoptimised path (one `Tensor.topk` per image instead of the top-k in parts),
+printed on stderr.
 """
 
 from __future__ import annotations
@@ -34,23 +37,45 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from effdet_ref import effdet_config  # noqa: E402
 
-from detlite import checkpoint, config, model, ops  # noqa: E402
+from detlite import checkpoint, config, model, ops, postprocess  # noqa: E402
 from detlite.export import ExportSpec, export, formats  # noqa: E402
+from detlite.export.compare import detections_agreement  # noqa: E402
 from detlite.steps import Predictor, StepOptions  # noqa: E402
 
 PRESETS = {"lite0": "tf_efficientdet_lite0", "d0": "tf_efficientdet_d0"}
 
 
-def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+def interleaved_medians(runners: dict[str, Callable[[], object]], warmup: int, repeats: int):
+    """Median seconds per runner, timed in rounds that call every runner once in turn, so that
+    a machine whose speed drifts (a shared host) shifts every row alike, not the later ones."""
+    times: dict[str, list[float]] = {label: [] for label in runners}
     with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
+        for run in runners.values():
+            for _ in range(warmup):
+                run()
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for label, run in runners.items():
+                start = time.perf_counter()
+                run()
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(seconds) for label, seconds in times.items()}
+
+
+def plain_top_k_agreement(cfg, params, images: torch.Tensor) -> str:
+    """Detections of the eager predictor against the same with one `Tensor.topk` per image
+    instead of detlite's top-k in parts (the unoptimised path)."""
+    predictor = Predictor(cfg)
+    with torch.no_grad():
+        fast = predictor(params, images)
+        parts_top_k = postprocess.top_k
+        postprocess.top_k = lambda values, k: values.topk(k, dim=1)
+        try:
+            plain = predictor(params, images)
+        finally:
+            postprocess.top_k = parts_top_k
+    identical = all(torch.equal(a, b) for a, b in zip(plain, fast, strict=True))
+    verdict = "identical" if identical else detections_agreement(plain, fast).line("fp32")
+    return f"{cfg.name} batch {len(images)}: top-k in parts against Tensor.topk: {verdict}"
 
 
 def effdet_runner(cfg, images: torch.Tensor) -> Callable[[], object]:
@@ -71,11 +96,20 @@ def exported(kind: str, ckpt: Path, folder: Path):
     export(ckpt, out, ExportSpec(format=kind, batch=2))
     if kind == "aoti":
         return formats.load_aoti(out)[0]
-    session = formats.onnxruntime_session(out)
+    import onnxruntime
+
+    # Without spinning: idle onnxruntime threads would otherwise busy-wait into the next
+    # runner's turn of the interleaved rounds and slow it.
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
     return lambda images, _scales: session.run(None, {"images": images.numpy()})
 
 
 def model_rows(name: str, size: int, batches: list[int], args, folder: Path):
+    # Compile each model afresh: Dynamo's record of which sizes varied (from the previous
+    # model's batches) would otherwise compile this one for dynamic shapes, which is slow.
+    torch._dynamo.reset()
     cfg = config.preset(name, num_classes=90, image_size=size)
     params = model.init(cfg)
     ckpt = folder / f"{name}-{size}.safetensors"
@@ -92,12 +126,13 @@ def model_rows(name: str, size: int, batches: list[int], args, folder: Path):
     for batch in batches:
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
         scales = torch.ones(batch)
-        base = median_seconds(effdet_runner(cfg, images), args.warmup, args.repeats)
-        yield short, batch, "effdet eager", base, base
+        print(plain_top_k_agreement(cfg, params, images), file=sys.stderr)
+        timed = {"effdet eager": effdet_runner(cfg, images)}
         for label, run in runners.items():
-            call = lambda r=run, i=images, s=scales: r(i, s)  # noqa: E731
-            seconds = median_seconds(call, args.warmup, args.repeats)
-            yield short, batch, label, seconds, base
+            timed[label] = lambda r=run, i=images, s=scales: r(i, s)
+        medians = interleaved_medians(timed, args.warmup, args.repeats)
+        for label, seconds in medians.items():
+            yield short, batch, label, seconds, medians["effdet eager"]
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from effdet_ref import effdet_anchors, random_head_outputs
 from detlite import config
 from detlite.anchors import generate_anchors
 from detlite.config import ModelConfig
-from detlite.postprocess import postprocess
+from detlite.postprocess import _parts, postprocess, top_k
 
 
 def _effdet_detections(cls_maps, box_maps, cfg: ModelConfig, image_scales: torch.Tensor):
@@ -115,3 +115,35 @@ def test_compiled_fullgraph_equals_eager(backend):
     assert torch.equal(compiled[1], eager[1])
     # Inductor may fuse the decode arithmetic differently (a few ulp of a ~1000 px coordinate).
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_top_k_in_parts_equals_topk(batch, ties):
+    """The top-k in parts (several per image for millions of scores) gives torch.topk's values,
+    in order, and indices that hold them, each once."""
+    n, k = 49104 * 90, 5000  # D0 at 512 px, 90 classes
+    gen = torch.Generator().manual_seed(batch)
+    values = torch.randn(batch, n, generator=gen)
+    if ties:  # few distinct values: many exact ties, also across the cut at k
+        values = (values * 4).round()
+    assert _parts(n, k) > 1 and _parts(1000, 100) == 1
+    got_values, got_index = top_k(values, k)
+    want_values, _ = values.topk(k, dim=1)
+    assert torch.equal(got_values, want_values)
+    assert torch.equal(values.gather(1, got_index), got_values)
+    assert all(row.unique().numel() == k for row in got_index)
+
+
+def test_top_k_exports_with_a_dynamic_batch():
+    class TopK(torch.nn.Module):
+        def forward(self, values):
+            return top_k(values, 5000)
+
+    values = torch.randn(2, 49104 * 90)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(TopK(), (values,), dynamic_shapes=({0: batch},))
+    other = torch.randn(3, 49104 * 90)
+    got_values, got_index = program.module()(other)
+    assert torch.equal(got_values, other.topk(5000, dim=1).values)
+    assert torch.equal(other.gather(1, got_index), got_values)
