@@ -45,13 +45,15 @@ Lite0 at 320 (1.7 M) 11 ms against 7 in 2 parts; at batch 8 the parts break even
 def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """`values.topk(k, dim=1)` of [B, N] (descending), computed as the top k of each of R
     equal parts of a row, then the top k of those R·k: the same values (every one of the k
-    largest is among the k largest of its part), several times faster on a CPU for
-    N of millions. Only the order among exactly equal values may differ from `Tensor.topk`,
-    whose order of ties is unspecified too."""
+    largest is among the k largest of its part), several times faster on a CPU for N of
+    millions (on other devices: one `Tensor.topk`). Only the order among exactly equal values
+    may differ from `Tensor.topk`, whose order of ties is unspecified too."""
     batch, n = values.shape
-    # A symbolic size (a graph compiled for dynamic shapes) keeps the plain top-k: choosing
-    # the parts would guard on, or loop over, the symbol.
-    parts = _parts(n, k) if isinstance(n, int) else 1
+    # Parts only where they were measured to pay: on the CPU (on a GPU, one top-k already runs
+    # in parallel). A symbolic size (a graph compiled for dynamic shapes) keeps the plain
+    # top-k too: choosing the parts would guard on, or loop over, the symbol.
+    measured = values.device.type == "cpu" and isinstance(n, int)
+    parts = _parts(n, k) if measured else 1
     if parts == 1:
         return values.topk(k, dim=1)
     width = n // parts
