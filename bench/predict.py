@@ -61,10 +61,10 @@ def interleaved_medians(runners: dict[str, Callable[[], object]], warmup: int, r
     return {label: statistics.median(seconds) for label, seconds in times.items()}
 
 
-def plain_top_k_agreement(cfg, params, images: torch.Tensor) -> str:
+def plain_top_k_agreement(predictor: Predictor, params, images: torch.Tensor) -> str:
     """Detections of the eager predictor against the same with one `Tensor.topk` per image
     instead of detlite's top-k in parts (the unoptimised path)."""
-    predictor = Predictor(cfg)
+    cfg = predictor.cfg
     with torch.no_grad():
         fast = predictor(params, images)
         parts_top_k = postprocess.top_k
@@ -96,13 +96,9 @@ def exported(kind: str, ckpt: Path, folder: Path):
     export(ckpt, out, ExportSpec(format=kind, batch=2))
     if kind == "aoti":
         return formats.load_aoti(out)[0]
-    import onnxruntime
-
     # Without spinning: idle onnxruntime threads would otherwise busy-wait into the next
     # runner's turn of the interleaved rounds and slow it.
-    options = onnxruntime.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    session = formats.onnxruntime_session(out, spinning=False)
     return lambda images, _scales: session.run(None, {"images": images.numpy()})
 
 
@@ -126,7 +122,7 @@ def model_rows(name: str, size: int, batches: list[int], args, folder: Path):
     for batch in batches:
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
         scales = torch.ones(batch)
-        print(plain_top_k_agreement(cfg, params, images), file=sys.stderr)
+        print(plain_top_k_agreement(eager, params, images), file=sys.stderr)
         timed = {"effdet eager": effdet_runner(cfg, images)}
         for label, run in runners.items():
             timed[label] = lambda r=run, i=images, s=scales: r(i, s)

@@ -52,8 +52,8 @@ def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     # Parts only where they were measured to pay: on the CPU (on a GPU, one top-k already runs
     # in parallel). A symbolic size (a graph compiled for dynamic shapes) keeps the plain
     # top-k too: choosing the parts would guard on, or loop over, the symbol.
-    measured = values.device.type == "cpu" and isinstance(n, int)
-    parts = _parts(n, k) if measured else 1
+    splittable = values.device.type == "cpu" and isinstance(n, int)
+    parts = _parts(n, k) if splittable else 1
     if parts == 1:
         return values.topk(k, dim=1)
     width = n // parts

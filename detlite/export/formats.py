@@ -128,9 +128,13 @@ def onnx_metadata(path: Path) -> dict[str, Any]:
     return json.loads(props[METADATA_KEY])
 
 
-def onnxruntime_session(path: Path):
-    """An onnxruntime CPU session over the exported network."""
+def onnxruntime_session(path: Path, spinning: bool = True):
+    """An onnxruntime CPU session over the exported network; `spinning=False` keeps its idle
+    threads from busy-waiting between calls (for timing it beside other code)."""
     require_onnx()
     import onnxruntime
 
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
