@@ -4,9 +4,7 @@
 #include <algorithm>
 
 namespace dl {
-
 namespace {
-
 // A CPU list in the kernel's format ("0-3,8,10-11").
 bool parse_cpulist(const std::string& text, std::set<int>* out) {
   for (const std::string& raw : trim(text).empty() ? std::vector<std::string>{} : split(trim(text), ',')) {
@@ -127,7 +125,6 @@ std::vector<size_t> pick_cores(CpuBind mode, size_t j, size_t n, size_t ncores) 
     picked.push_back(mode == CpuBind::SocketUniqueInterleaved ? j + t * n : j * k + t);
   return picked;
 }
-
 }  // namespace
 
 bool parse_cpu_bind(const std::string& raw, CpuBind* out) {
@@ -201,5 +198,4 @@ std::vector<std::set<int>> plan_binding(CpuBind mode, int nproc, const std::stri
   }
   return result;
 }
-
 }  // namespace dl

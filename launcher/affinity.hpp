@@ -5,7 +5,6 @@
 #include "util.hpp"
 
 namespace dl {
-
 enum class CpuBind { None, Socket, SocketUniqueContiguous, SocketUniqueInterleaved, Core };
 
 bool parse_cpu_bind(const std::string& s, CpuBind* out);
@@ -25,5 +24,4 @@ int visible_gpu_count(const std::string& sysfs_root, const EnvMap& env);
 // are spread evenly over the nodes; only allowed_cpus() are handed out.
 std::vector<std::set<int>> plan_binding(CpuBind mode, int nproc, const std::string& sysfs_root, const EnvMap& env,
                                         std::string* note);
-
 }  // namespace dl

@@ -9,9 +9,7 @@
 #include <deque>
 
 namespace dl {
-
 namespace {
-
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr size_t kReadBudget = 1 << 20;   // per stream per poll round, for fairness
 constexpr size_t kConsoleHighWater = 8u << 20;
@@ -29,7 +27,6 @@ void close_fd(int* fd) {
   if (*fd >= 0) close(*fd);
   *fd = -1;
 }
-
 }  // namespace
 
 std::vector<std::string> worker_command(const Options& opt, const EnvMap& env) {
@@ -55,9 +52,7 @@ struct Agent::Worker {
   Fate fate;
   double start_mono = 0;
 
-  ~Worker() {
-    for (Stream& s : io) close_fd(&s.fd), close_fd(&s.log);
-  }
+  ~Worker() { for (Stream& s : io) close_fd(&s.fd), close_fd(&s.log); }
   bool alive() const { return fate.state == RankState::Running; }
   bool open() const { return io[0].fd >= 0 || io[1].fd >= 0; }
 };
@@ -241,16 +236,14 @@ void Agent::complete_round() {
   state_ = AgentState::Waiting;
   if (link_ != Link::Lost) {
     for (const Fate& f : log_.fates) send_(f.to_msg());
-    send_(Msg("DONE").set("round", log_.round));
-    return;
+    return send_(Msg("DONE").set("round", log_.round));
   }
   // No coordinator to decide: the earliest local failure before the loss, else the loss itself.
   const Fate* first = nullptr;
   for (const Fate& f : log_.fates)
-    if (f.state == RankState::Failed && f.t_exit <= lost_time_ && (!first || f.t_exit < first->t_exit)) first = &f;
-  const RootCause root{first ? CauseKind::Worker : CauseKind::Lost,
-                       first ? first->code() : (term_signal_ ? 128 + term_signal_ : kExitPeerLost),
-                       first ? "rank " + std::to_string(first->rank) + " " + first->how() : lost_reason_, -1, 0,
+    if (f.state == RankState::Failed && f.t_exit <= lost_.t && (!first || f.t_exit < first->t_exit)) first = &f;
+  const RootCause root{first ? CauseKind::Worker : CauseKind::Lost, first ? first->code() : lost_.code,
+                       first ? "rank " + std::to_string(first->rank) + " " + first->how() : lost_.what, -1, 0,
                        first ? *first : Fate{}};
   log_lines(format_report(root, log_.fates));
   finish(root.code, root.what);
@@ -287,16 +280,14 @@ void Agent::on_signal(int sig) {
     return send_(Msg("SIGNAL").set("sig", sig).set("node", o_.node_rank).set_num("t", wall_now()));
   if (n == 0) return finish_now(128 + sig, "received " + name + " before the job started");
   link_ = Link::Lost;
-  lost_reason_ = "received " + name;
-  lost_time_ = wall_now();
+  lost_ = {CauseKind::Lost, 128 + sig, "received " + name, -1, wall_now()};
 }
 
 void Agent::coordinator_lost(const std::string& why) {
   if (finished() || link_ == Link::Lost) return;
   link_ = Link::Lost;
-  lost_reason_ = why;
-  lost_time_ = wall_now();
-  if (!in_round()) return finish_now(term_signal_ ? 128 + term_signal_ : kExitPeerLost, why);
+  lost_ = {CauseKind::Lost, term_signal_ ? 128 + term_signal_ : kExitPeerLost, why, -1, wall_now()};
+  if (!in_round()) return finish_now(lost_.code, why);
   log_line(why + "; stopping this node's workers");
   stop(SIGTERM);
   after_exit();
@@ -354,8 +345,7 @@ void Agent::emit_line(Worker& w, int i, const std::string& line) {
   if (on_console(o_, w.fate.local_rank, i + 1)) console_->write(i + 1, w.prefix + line + "\n");
 }
 
-// Reads what stream i has (up to the budget), emitting its complete lines, and pieces of kMaxLine
-// bytes of a longer one.
+// Reads what stream i has (up to the budget), emitting its complete lines, and kMaxLine-byte pieces of a longer one.
 void Agent::read_stream(Worker& w, int i) {
   Worker::Stream& s = w.io[i];
   char buf[kReadChunk];
@@ -383,5 +373,4 @@ void Agent::close_stream(Worker& w, int i) {
   close_fd(&w.io[i].fd);
   close_fd(&w.io[i].log);
 }
-
 }  // namespace dl

@@ -12,7 +12,6 @@
 #include "report.hpp"
 
 namespace dl {
-
 // The worker command line: python3 -u [-m] script args, or the command as is with --no-python.
 std::vector<std::string> worker_command(const Options& opt, const EnvMap& env);
 
@@ -43,8 +42,7 @@ class Agent : public Pollable {
   int exit_code() const { return exit_code_; }
 
  private:
-  // Whether messages reach the coordinator: node 0 always; other nodes once node 0 welcomed them,
-  // until the connection is lost.
+  // Whether messages reach the coordinator: always on node 0; elsewhere from node 0's welcome until the link is lost.
   enum class Link { Joining, Joined, Lost };
   struct Worker;
 
@@ -75,10 +73,8 @@ class Agent : public Pollable {
   std::vector<std::unique_ptr<Worker>> workers_;
   double deadline_ = 0;         // Stopping: SIGKILL; Draining: stop waiting for the pipes
   int term_signal_ = 0;         // first terminating signal received by the launcher
-  std::string lost_reason_;     // Link::Lost: why, and when (wall clock)
-  double lost_time_ = 0;
+  RootCause lost_;              // Link::Lost: why, when (wall clock), and this node's exit code for it
   int exit_code_ = 0;
   RunLog log_;
 };
-
 }  // namespace dl

@@ -7,9 +7,7 @@
 #include <optional>
 
 namespace dl {
-
 namespace {
-
 constexpr const char* kVersion = "0.1.0";
 
 struct Spec {
@@ -65,9 +63,7 @@ const Spec kSpecs[] = {
 // The signals --signals-to-handle may name (the default set).
 const int kHandled[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
-struct UsageError {
-  std::string msg;
-};
+struct UsageError { std::string msg; };
 
 [[noreturn]] void refuse(const std::string& msg) { throw UsageError{msg}; }
 
@@ -108,8 +104,7 @@ std::map<std::string, std::string> tokenize(const std::vector<std::string>& argv
   return given;
 }
 
-// Each option's value: from the command line, else from PET_<OPT> (for a flag: when that is 1,
-// true, yes or on).
+// Each option's value: from the command line, else from PET_<OPT> (for a flag: when that is 1, true, yes or on).
 class Source {
  public:
   Source(std::map<std::string, std::string> given, const EnvMap& env) : given_(std::move(given)) {
@@ -146,8 +141,7 @@ class Source {
   std::map<std::string, std::string> given_;
 };
 
-// How many nodes, which one this is, how many workers here.
-void parse_world(const Source& src, const EnvMap& env, Options* o) {
+void parse_world(const Source& src, const EnvMap& env, Options* o) {  // node count, this node's rank, workers here
   std::string err;
   o->sysfs_root = src.value("sysfs-root").value_or(env_get(env, "DETLITE_SYSFS_ROOT", o->sysfs_root));
   if (!detect_scheduler(env, &o->scheduler, &err)) refuse(err);
@@ -201,8 +195,7 @@ void parse_endpoint(const std::string& v, Options* o) {
   if (!host.empty()) o->rdzv_host = host;
   if (port.empty() && !(one_colon && s.back() == ':')) return;
   long long p = 0;
-  if (!parse_int(port, &p) || p < 1 || p > 65535)
-    expected("rdzv-endpoint", "HOST[:PORT] with a port in 1..65535", v);
+  if (!parse_int(port, &p) || p < 1 || p > 65535) expected("rdzv-endpoint", "HOST[:PORT] with a port in 1..65535", v);
   o->rdzv_port = static_cast<int>(p);
 }
 
@@ -223,8 +216,7 @@ void parse_rdzv_conf(const std::string& v, Options* o) {
   }
 }
 
-// Where node 0 is, which ports, how the nodes find each other.
-void parse_rendezvous(const Source& src, Options* o) {
+void parse_rendezvous(const Source& src, Options* o) {  // where node 0 is, which ports, how nodes find each other
   const SchedulerInfo& sched = o->scheduler;
   if (const auto v = src.value("master-addr")) o->master_addr = trim(*v);
   else if (!sched.master_addr.empty()) o->master_addr = sched.master_addr;
@@ -236,7 +228,6 @@ void parse_rendezvous(const Source& src, Options* o) {
     refuse("--standalone picks a free MASTER_PORT itself: it cannot be combined with --master-port " +
            std::to_string(o->master_port));
   if (!src.given("master-port") && (!sched.name.empty() || src.given("standalone"))) o->master_port = 0;
-
   o->rdzv_host = o->master_addr;
   if (sched.rdzv_port > 0) o->rdzv_port = sched.rdzv_port;
   if (const auto v = src.value("rdzv-endpoint")) parse_endpoint(*v, o);
@@ -255,8 +246,7 @@ void parse_rendezvous(const Source& src, Options* o) {
            "(use static or c10d)");
 }
 
-// Restarts, stopping, heartbeats, signals.
-void parse_supervision(const Source& src, Options* o) {
+void parse_supervision(const Source& src, Options* o) {  // restarts, stopping, heartbeats, signals
   src.integer("max-restarts", 0, 1000000, &o->max_restarts);
   src.seconds("grace-period", 0, &o->grace_period);
   src.seconds("heartbeat-interval", 0.01, &o->heartbeat_interval);
@@ -276,8 +266,7 @@ void parse_supervision(const Source& src, Options* o) {
   }
 }
 
-// Where worker output goes: console, log files, which ranks.
-void parse_output(const Source& src, Options* o) {
+void parse_output(const Source& src, Options* o) {  // where worker output goes: console, log files, which ranks
   auto stream_bits = [](const char* name, const std::string& v, bool bare_is_3) {
     long long x = 3;
     if (v.find(':') != std::string::npos)
@@ -361,7 +350,6 @@ std::string help_text() {
          "  128+S the launcher itself received signal S (SIGINT, SIGTERM, ...) and stopped the job\n"
          "\nSee docs/launcher.md for the environment set for workers, SLURM/MPI use and torchrun differences.\n";
 }
-
 }  // namespace
 
 int parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options* opt) {
@@ -388,5 +376,4 @@ int parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options*
     return kExitUsage;
   }
 }
-
 }  // namespace dl

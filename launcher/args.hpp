@@ -6,7 +6,6 @@
 #include "affinity.hpp"
 
 namespace dl {
-
 // Schedulers (scheduler.cpp): SLURM hostlist expansion and detection of SLURM / OpenMPI / MPICH
 // launch environments, so that `srun detlite-launch script.py` needs no flags.
 
@@ -61,5 +60,4 @@ struct Options {
 // Fills *opt from argv and the environment. Returns -1 when the launcher should run; otherwise the
 // exit code, after printing what --help, --version or --expand-hostlist ask for, or the usage error.
 int parse_args(const std::vector<std::string>& argv, const EnvMap& env, Options* opt);
-
 }  // namespace dl

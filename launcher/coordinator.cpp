@@ -3,14 +3,10 @@
 #include <algorithm>
 
 namespace dl {
-
 Coordinator::Coordinator(const Options* opt, std::string hostname, Send send)
     : opt_(opt), send_(std::move(send)), nodes_(static_cast<size_t>(opt->nnodes)),
       rdzv_deadline_(mono_now() + opt->rdzv_timeout), next_wait_note_(mono_now() + 5) {
-  nodes_[0].joined = true;
-  nodes_[0].nproc = opt->nproc_per_node;
-  nodes_[0].host = std::move(hostname);
-  maybe_start();
+  node_joined(0, Msg("HELLO").set("nproc", opt->nproc_per_node).set("host", hostname));  // node 0 needs no admission
 }
 
 std::string Coordinator::check_hello(const Msg& h, bool* fatal) const {
@@ -19,15 +15,13 @@ std::string Coordinator::check_hello(const Msg& h, bool* fatal) const {
   if (h.get_int("version", -1) != kProtocolVersion)
     return "protocol version " + h.get("version") + " differs from node 0's " + std::to_string(kProtocolVersion) +
            " (use the same detlite-launch on every node)";
-  if (h.get("run") != opt_->run_id)
-    return "run id '" + h.get("run") + "' differs from node 0's '" + opt_->run_id + "'";
+  if (h.get("run") != opt_->run_id) return "run id '" + h.get("run") + "' differs from node 0's '" + opt_->run_id + "'";
   const long long node = h.get_int("node", -1);
   const std::string who = "node " + h.get("node") + " (" + h.get("host") + ")";
   *fatal = true;
   if (h.get_int("nnodes", -1) != opt_->nnodes)
     return who + " has --nnodes " + h.get("nnodes") + " but node 0 has " + std::to_string(opt_->nnodes);
-  if (node < 1 || node >= opt_->nnodes)
-    return who + ": node rank out of range 1.." + std::to_string(opt_->nnodes - 1);
+  if (node < 1 || node >= opt_->nnodes) return who + ": node rank out of range 1.." + std::to_string(opt_->nnodes - 1);
   if (h.get_int("max_restarts", -1) != opt_->max_restarts)
     return who + " has --max-restarts " + h.get("max_restarts") + " but node 0 has " +
            std::to_string(opt_->max_restarts);
@@ -44,17 +38,13 @@ void Coordinator::node_joined(int node, const Msg& hello) {
   n.joined = true;
   n.nproc = static_cast<int>(hello.get_int("nproc", 1));
   n.host = hello.get("host");
-  maybe_start();
+  if (state_ == JobState::Rendezvous && std::all_of(nodes_.begin(), nodes_.end(), [](auto& k) { return k.joined; }))
+    start_round("");
 }
 
 void Coordinator::broadcast(const Msg& m) {
   for (size_t i = 0; i < nodes_.size(); ++i)
     if (nodes_[i].joined && !nodes_[i].lost) send_(static_cast<int>(i), m);
-}
-
-void Coordinator::maybe_start() {
-  if (state_ == JobState::Rendezvous && std::all_of(nodes_.begin(), nodes_.end(), [](auto& n) { return n.joined; }))
-    start_round("");
 }
 
 void Coordinator::start_round(const std::string& reason) {
@@ -99,7 +89,6 @@ void Coordinator::handle(int node, const Msg& m) {
     const RootCause ev{CauseKind::Signal, 128 + sig, "the launcher on node " + std::to_string(node) + " (" +
                        nodes_[static_cast<size_t>(node)].host + ") received " + signal_name(sig), node,
                        m.get_num("t", wall_now())};
-    no_restart_ = true;
     if (state_ == JobState::Rendezvous) return send_result(&ev, {});
     events_.push_back(ev);
     abort_round(ev.what);
@@ -116,14 +105,11 @@ void Coordinator::node_lost(int node, const std::string& why) {
   if (state_ == JobState::Done || node <= 0 || node >= static_cast<int>(nodes_.size())) return;
   Node& n = nodes_[static_cast<size_t>(node)];
   if (state_ == JobState::Rendezvous) {
-    // Before the start a node may come back (e.g. its launcher was restarted by the scheduler).
-    log_line("node " + std::to_string(node) + " (" + n.host + ") left before the start: " + why);
-    n.joined = false;
-    return;
+    n.joined = false;  // before the start a node may come back (e.g. its launcher restarted by the scheduler)
+    return log_line("node " + std::to_string(node) + " (" + n.host + ") left before the start: " + why);
   }
   if (n.lost) return;
   n.lost = true;
-  no_restart_ = true;
   const std::string what = "node " + std::to_string(node) + " (" + n.host + ") was lost: " + why;
   events_.push_back({CauseKind::Lost, kExitPeerLost, what, node, wall_now()});
   log_line(what);
@@ -157,10 +143,9 @@ void Coordinator::finish_round() {
                                   [](const Fate& f) { return f.state == RankState::Succeeded; });
   if (all.empty() && all_ok) return send_result(nullptr, {});
   if (all.empty()) all.push_back({CauseKind::Unknown, 1, "workers stopped without a recorded cause"});
-  // The root cause is the earliest event.
-  const RootCause root =
+  const RootCause root =  // the earliest event
       *std::min_element(all.begin(), all.end(), [](const RootCause& a, const RootCause& b) { return a.t < b.t; });
-  if (!no_restart_ && root.kind == CauseKind::Worker && log_.round < opt_->max_restarts) {
+  if (events_.empty() && root.kind == CauseKind::Worker && log_.round < opt_->max_restarts) {
     log_.restarts.push_back("round " + std::to_string(log_.round) + ": " + root.what);
     log_line("round " + std::to_string(log_.round) + " failed (" + root.what + "); restarting all nodes (" +
              std::to_string(log_.round + 1) + "/" + std::to_string(opt_->max_restarts) + ")");
@@ -196,5 +181,4 @@ void Coordinator::tick(double now) {
 double Coordinator::next_deadline(double) const {
   return state_ != JobState::Rendezvous ? kNever : std::min(rdzv_deadline_, next_wait_note_);
 }
-
 }  // namespace dl

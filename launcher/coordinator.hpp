@@ -8,7 +8,6 @@
 #include "report.hpp"
 
 namespace dl {
-
 class Coordinator : public Pollable {
  public:
   using Send = std::function<void(int node, const Msg&)>;
@@ -35,7 +34,6 @@ class Coordinator : public Pollable {
     std::string host;
   };
   void broadcast(const Msg& m);  // to every node that joined and was not lost
-  void maybe_start();
   void start_round(const std::string& reason);
   void abort_round(const std::string& reason);
   void finish_round();
@@ -46,9 +44,7 @@ class Coordinator : public Pollable {
   std::vector<Node> nodes_;
   double rdzv_deadline_, next_wait_note_;
   JobState state_ = JobState::Rendezvous;
-  bool no_restart_ = false;  // a signal or a lost node: restarting would not help
-  std::vector<RootCause> events_;  // signals / lost nodes in this round
+  std::vector<RootCause> events_;  // signals / lost nodes in this round: after one, restarting would not help
   RunLog log_;
 };
-
 }  // namespace dl

@@ -21,7 +21,6 @@ extern char** environ;
 
 namespace dl {
 namespace {
-
 // SIGCHLD and the handled signals are blocked (in every thread: the console's writer starts later)
 // and read from a signalfd, so the loop handles them like any other event. Workers unblock them.
 int open_signalfd(const std::vector<int>& handled) {
@@ -61,25 +60,22 @@ int dry_run(const Options& opt, const EnvMap& env) {
   auto num = [](long long v) { return std::to_string(v); };
   auto text = [](const std::string& v) { return v.empty() ? "null" : json_escape(v); };
   std::vector<std::pair<std::string, std::string>> fields = {
-      {"nnodes", num(opt.nnodes)}, {"node_rank", num(opt.node_rank)},
-      {"nproc_per_node", num(opt.nproc_per_node)}, {"master_addr", json_escape(opt.master_addr)},
-      {"master_port", num(opt.master_port)},
-      {"rdzv_endpoint", json_escape(opt.rdzv_host + ":" + num(opt.rdzv_port))},
-      {"run_id", json_escape(opt.run_id)}, {"scheduler", text(opt.scheduler.name)},
-      {"hosts", json_list(opt.scheduler.hosts)}, {"max_restarts", num(opt.max_restarts)},
-      {"grace_period", fmt_num(opt.grace_period)}, {"rdzv_timeout", fmt_num(opt.rdzv_timeout)},
-      {"heartbeat_interval", fmt_num(opt.heartbeat_interval)},
-      {"heartbeat_timeout", fmt_num(opt.heartbeat_timeout)}, {"log_dir", text(opt.log_dir)},
-      {"tee", num(opt.tee)}, {"cpu_bind", json_escape(cpu_bind_name(opt.cpu_bind))},
-      {"signals", json_list(sigs)}, {"command", json_list(worker_command(opt, env))}};
+      {"nnodes", num(opt.nnodes)}, {"node_rank", num(opt.node_rank)}, {"nproc_per_node", num(opt.nproc_per_node)},
+      {"master_addr", json_escape(opt.master_addr)}, {"master_port", num(opt.master_port)},
+      {"rdzv_endpoint", json_escape(opt.rdzv_host + ":" + num(opt.rdzv_port))}, {"run_id", json_escape(opt.run_id)},
+      {"scheduler", text(opt.scheduler.name)}, {"hosts", json_list(opt.scheduler.hosts)},
+      {"max_restarts", num(opt.max_restarts)}, {"grace_period", fmt_num(opt.grace_period)},
+      {"rdzv_timeout", fmt_num(opt.rdzv_timeout)}, {"heartbeat_interval", fmt_num(opt.heartbeat_interval)},
+      {"heartbeat_timeout", fmt_num(opt.heartbeat_timeout)}, {"log_dir", text(opt.log_dir)}, {"tee", num(opt.tee)},
+      {"cpu_bind", json_escape(cpu_bind_name(opt.cpu_bind))}, {"signals", json_list(sigs)},
+      {"command", json_list(worker_command(opt, env))}};
   if (!note.empty()) fields.emplace_back("note", json_escape(note));
   std::string out = "{\n";
   for (const auto& f : fields) out += "  " + json_escape(f.first) + ": " + f.second + ",\n";
   out += "  \"local_ranks\": [\n";
-  for (int lr = 0; lr < opt.nproc_per_node; ++lr) {
+  for (int lr = 0; lr < opt.nproc_per_node; ++lr)
     out += "    {\"local_rank\": " + num(lr) + ", \"cpus\": " + json_escape(format_cpulist(cpus[lr])) + "}" +
            (lr + 1 < opt.nproc_per_node ? ",\n" : "\n");
-  }
   out += "  ]\n}\n";
   std::fwrite(out.data(), 1, out.size(), stdout);
   return 0;
@@ -179,14 +175,12 @@ int run(Options& opt, const EnvMap& env, Console* console) {
   teardown.finish();
   return agent.exit_code();
 }
-
 }  // namespace
 }  // namespace dl
 
 int main(int argc, char** argv) {
   using namespace dl;
-  // With a closed stdin/stdout/stderr, the launcher's own pipes could land on fds 0-2 and worker
-  // output would be written into them.
+  // With fds 0-2 closed, the launcher's own pipes could land on them and worker output would be written into them.
   for (int fd = 0; fd <= 2; ++fd)
     if (fcntl(fd, F_GETFD) == -1 && open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd) return 1;
   EnvMap env;  // taken once: what the workers inherit

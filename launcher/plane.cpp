@@ -11,9 +11,7 @@
 #include "coordinator.hpp"
 
 namespace dl {
-
 namespace {
-
 constexpr size_t kMaxLine = 1 << 20;
 constexpr double kRetry = 0.5;  // seconds between connection attempts to node 0
 
@@ -28,26 +26,22 @@ class Conn {
   ~Conn() { ::close(fd_); }
   Conn(const Conn&) = delete;
   Conn& operator=(const Conn&) = delete;
-
   int fd() const { return fd_; }
   bool wants_write() const { return !out_.empty(); }
   bool closed() const { return !reason_.empty(); }
   const std::string& close_reason() const { return reason_; }
   pollfd pollfd_in() const { return pollfd{fd_, static_cast<short>(POLLIN | (wants_write() ? POLLOUT : 0)), 0}; }
-
   void send(const Msg& m) {
     if (closed()) return;
     out_ += encode_msg(m);
     last_sent_ = mono_now();
     on_writable();
   }
-
   // Sends a heartbeat when one is due; false once the peer has been silent for longer than the timeout.
   bool heartbeat(double now, const Options& o) {
     if (now - last_sent_ >= o.heartbeat_interval) send(Msg("HB"));
     return now - last_heard_ <= o.heartbeat_timeout;
   }
-
   void on_writable() {
     while (!out_.empty() && !closed()) {
       const ssize_t n = ::send(fd_, out_.data(), out_.size(), MSG_NOSIGNAL);
@@ -57,7 +51,6 @@ class Conn {
       out_.erase(0, static_cast<size_t>(n));
     }
   }
-
   // Reads what is available; appends complete messages. Sets closed() on EOF / error / garbage.
   void on_readable(std::vector<Msg>* msgs) {
     char buf[65536];
@@ -81,16 +74,13 @@ class Conn {
     }
     in_.erase(0, start);
   }
-
   void on_events(short revents, std::vector<Msg>* msgs) {  // as the revents of the last poll ask
     if (revents & POLLOUT) on_writable();
     if (revents & (POLLIN | POLLHUP | POLLERR)) on_readable(msgs);
   }
 
  private:
-  void fail(const std::string& why) {  // the first reason stays
-    if (reason_.empty()) reason_ = why;
-  }
+  void fail(const std::string& why) { if (reason_.empty()) reason_ = why; }  // the first reason stays
   int fd_;
   std::string in_, out_;
   std::string reason_;  // why it closed; empty while open
@@ -101,12 +91,10 @@ class Hub final : public Plane {
  public:
   Hub(const Options* opt, Coordinator* coord, int listen_fd) : opt_(opt), coord_(coord), listen_fd_(listen_fd) {}
   ~Hub() override { close(listen_fd_); }
-
   void send(int node, const Msg& m) override {
     for (Peer& p : peers_)
       if (p.conn && p.node == node) return p.conn->send(m);
   }
-
   // The peers, then the listening socket until the result is out.
   void add_pollfds(std::vector<pollfd>* fds) override {
     peers_.erase(std::remove_if(peers_.begin(), peers_.end(), [](const Peer& p) { return !p.conn; }), peers_.end());
@@ -114,7 +102,6 @@ class Hub final : public Plane {
     polled_ = peers_.size();
     if (!coord_->result_sent()) fds->push_back(pollfd{listen_fd_, POLLIN, 0});
   }
-
   void on_poll(const pollfd* fds, size_t n) override {
     for (size_t i = 0; i < polled_ && i < n; ++i)  // before accepting: peers_ may grow
       if (fds[i].revents && peers_[i].conn) on_events(peers_[i], fds[i].revents);
@@ -124,7 +111,6 @@ class Hub final : public Plane {
       peers_.push_back(Peer{std::make_unique<Conn>(fd), -1, mono_now() + 10});  // a HELLO is due right away
     }
   }
-
   void tick(double now) override {
     for (Peer& p : peers_) {
       if (p.conn && p.node < 0 && now >= p.deadline) p.conn.reset();
@@ -132,12 +118,10 @@ class Hub final : public Plane {
         drop(p, "no heartbeat for " + fmt_num(opt_->heartbeat_timeout) + " s");
     }
   }
-
   double next_deadline(double now) const override {
     const bool joined = std::any_of(peers_.begin(), peers_.end(), [](const Peer& p) { return p.conn && p.node >= 0; });
     return joined ? now + opt_->heartbeat_interval / 2 : now + 1;
   }
-
   void linger(double secs) override {
     const double until = mono_now() + secs;
     std::vector<Conn*> open;
@@ -167,20 +151,17 @@ class Hub final : public Plane {
     double deadline = 0;   // for a HELLO (silent connections are dropped), or for a REJECT to go out
     bool refused = false;
   };
-
   void drop(Peer& p, const std::string& why) {  // why must not live in p.conn, which goes first
     p.conn.reset();
     coord_->node_lost(p.node, why);
   }
-
   void on_hello(Peer& p, const Msg& hello) {
     bool fatal = false;
     const std::string why = coord_->check_hello(hello, &fatal);
     if (why.empty()) {
       p.node = static_cast<int>(hello.get_int("node"));
       p.conn->send(Msg("WELCOME").set("version", kProtocolVersion));
-      coord_->node_joined(p.node, hello);
-      return;
+      return coord_->node_joined(p.node, hello);
     }
     log_line("refused a node: " + why);
     p.conn->send(Msg("REJECT").set("reason", why));
@@ -188,7 +169,6 @@ class Hub final : public Plane {
     p.deadline = mono_now() + 1;
     if (fatal) coord_->fail_rendezvous("inconsistent nodes: " + why);
   }
-
   void on_events(Peer& p, short revents) {
     if (p.refused) {  // only the REJECT still has to go out
       if (revents & POLLOUT) p.conn->on_writable();
@@ -203,7 +183,6 @@ class Hub final : public Plane {
     if (p.conn->closed() && p.node < 0) p.conn.reset();
     else if (p.conn->closed()) drop(p, std::string(p.conn->close_reason()));
   }
-
   const Options* opt_;
   Coordinator* coord_;
   int listen_fd_;
@@ -216,16 +195,11 @@ class Uplink final : public Plane {
   Uplink(const Options* opt, Agent* agent, std::string hostname)
       : opt_(opt), agent_(agent), hostname_(std::move(hostname)), deadline_(mono_now() + opt->rdzv_timeout),
         next_note_(mono_now() + 5) {}
-
-  void send(int /*node*/, const Msg& m) override {
-    if (state_ == Joined) conn_->send(m);
-  }
-
+  void send(int /*node*/, const Msg& m) override { if (state_ == Joined) conn_->send(m); }
   void add_pollfds(std::vector<pollfd>* fds) override {
     if (conn_)  // connecting, shaking hands or joined
       fds->push_back(state_ == Connecting ? pollfd{conn_->fd(), POLLOUT, 0} : conn_->pollfd_in());
   }
-
   void on_poll(const pollfd* fds, size_t n) override {
     if (n == 0 || !fds[0].revents || !conn_) return;
     if (state_ == Connecting) {  // connected, or failed to
@@ -242,11 +216,10 @@ class Uplink final : public Plane {
     std::vector<Msg> msgs;
     conn_->on_events(fds[0].revents, &msgs);
     for (const Msg& m : msgs) {
+      if (state_ == Handshake && m.type == "REJECT") return gone("node 0 refused this node: " + m.get("reason"));
       if (state_ == Handshake && m.type == "WELCOME") {
         state_ = Joined;
         agent_->coordinator_joined();
-      } else if (state_ == Handshake && m.type == "REJECT") {
-        return gone("node 0 refused this node: " + m.get("reason"));
       } else if (m.type != "HB" && m.type != "WELCOME") {
         agent_->handle(m);  // START, ABORT, RESULT
       }
@@ -257,7 +230,6 @@ class Uplink final : public Plane {
       else if (state_ == Joined) gone("lost the connection to node 0 (" + why + ")");
     }
   }
-
   void tick(double now) override {
     if (state_ == Waiting && now >= next_attempt_) try_connect();
     if (state_ == Joined && conn_ && !conn_->heartbeat(now, *opt_))
@@ -267,12 +239,10 @@ class Uplink final : public Plane {
     if (now >= deadline_)
       return gone("could not join node 0 at " + where + " within " + fmt_num(opt_->rdzv_timeout) + " s" +
                   (last_error_.empty() ? "" : " (last error: " + last_error_ + ")"));
-    if (now >= next_note_) {
-      log_line("waiting for node 0 at " + where + (last_error_.empty() ? "" : " (" + last_error_ + ")"));
-      next_note_ = now + 30;
-    }
+    if (now < next_note_) return;
+    log_line("waiting for node 0 at " + where + (last_error_.empty() ? "" : " (" + last_error_ + ")"));
+    next_note_ = now + 30;
   }
-
   double next_deadline(double now) const override {
     if (state_ == Waiting) return std::min(next_attempt_, deadline_);
     if (state_ == Joined) return now + opt_->heartbeat_interval / 2;
@@ -281,7 +251,6 @@ class Uplink final : public Plane {
 
  private:
   enum State { Waiting, Connecting, Handshake, Joined, Gone };
-
   // A non-blocking connect to node 0, from --local-addr when given. Not being able to bind to it is
   // final: retrying cannot make it an address of this host.
   void try_connect() {
@@ -298,14 +267,12 @@ class Uplink final : public Plane {
       return retry(errno_text(errno));
     state_ = Connecting;
   }
-
   void retry(const std::string& error) {
     conn_.reset();
     last_error_ = error;
     state_ = Waiting;
     next_attempt_ = mono_now() + kRetry;
   }
-
   // Before the join the rendezvous failed; after it node 0 was lost. Gone first: the agent's reaction
   // may send, which must then be dropped.
   void gone(const std::string& why) {
@@ -315,7 +282,6 @@ class Uplink final : public Plane {
     if (joined) agent_->coordinator_lost(why);
     else agent_->finish_now(kExitRendezvous, why);
   }
-
   const Options* opt_;
   Agent* agent_;
   const std::string hostname_;
@@ -325,14 +291,12 @@ class Uplink final : public Plane {
   double next_attempt_ = 0, next_note_;
   std::string last_error_;
 };
-
 }  // namespace
 
 std::unique_ptr<Plane> start_hub(const Options* opt, Coordinator* coord, std::string* error) {
-  in6_addr a6;
-  in_addr a4;
-  const bool numeric = inet_pton(AF_INET, opt->rdzv_host.c_str(), &a4) == 1 ||
-                       inet_pton(AF_INET6, opt->rdzv_host.c_str(), &a6) == 1;
+  in6_addr a;  // large enough for either family
+  const bool numeric = inet_pton(AF_INET, opt->rdzv_host.c_str(), &a) == 1 ||
+                       inet_pton(AF_INET6, opt->rdzv_host.c_str(), &a) == 1;
   const std::string host = !opt->local_addr.empty() ? opt->local_addr : numeric ? opt->rdzv_host : "";
   const int fd = listen_on(host, opt->rdzv_port, error);
   if (fd >= 0) return std::make_unique<Hub>(opt, coord, fd);
@@ -344,5 +308,4 @@ std::unique_ptr<Plane> start_hub(const Options* opt, Coordinator* coord, std::st
 std::unique_ptr<Plane> start_uplink(const Options* opt, Agent* agent, std::string hostname) {
   return std::make_unique<Uplink>(opt, agent, std::move(hostname));
 }
-
 }  // namespace dl

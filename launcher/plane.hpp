@@ -12,7 +12,6 @@
 #include "util.hpp"
 
 namespace dl {
-
 constexpr int kProtocolVersion = 1;
 constexpr const char* kProtocolName = "detlite-launch";
 
@@ -52,8 +51,7 @@ struct Options;
 class Agent;
 class Coordinator;
 
-// This node's end of the control plane: node 0's hub (to every other node) or another node's uplink
-// (to node 0 only).
+// This node's end of the control plane: node 0's hub (to every other node) or another node's uplink (to node 0 only).
 class Plane : public Pollable {
  public:
   virtual void send(int node, const Msg& m) = 0;  // the uplink drops it until node 0 welcomed it
@@ -64,5 +62,4 @@ class Plane : public Pollable {
 // Listens on --local-addr, else on a numeric rdzv host, else everywhere; null with *error on failure.
 std::unique_ptr<Plane> start_hub(const Options* opt, Coordinator* coord, std::string* error);
 std::unique_ptr<Plane> start_uplink(const Options* opt, Agent* agent, std::string hostname);
-
 }  // namespace dl

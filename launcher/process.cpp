@@ -10,9 +10,7 @@
 #include <csignal>
 
 namespace dl {
-
 namespace {
-
 std::vector<char*> c_strings(const std::vector<std::string>& v) {  // null-terminated, as execve wants
   std::vector<char*> out;
   for (const std::string& s : v) out.push_back(const_cast<char*>(s.c_str()));
@@ -41,13 +39,12 @@ struct ChildPlan {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
-  struct sigaction dfl {};
+  struct sigaction dfl {};  // sigaction, not signal(): only it is async-signal-safe after fork
   dfl.sa_handler = SIG_DFL;
   for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);  // undo the launcher's SIG_IGN (SIGPIPE)
   if (CPU_COUNT(&p.mask) > 0) sched_setaffinity(0, sizeof p.mask, &p.mask);
   if (p.devnull >= 0) dup2(p.devnull, 0);
-  dup2(p.pipes[0][1], 1);
-  dup2(p.pipes[1][1], 2);
+  for (int i : {0, 1}) dup2(p.pipes[i][1], i + 1);  // stdout, stderr
   int e = ENOENT;
   for (size_t i = 0; i + 1 < p.paths.size(); ++i) {
     execve(p.paths[i], p.argv.data(), p.envp.data());
@@ -68,9 +65,7 @@ void remove_tree(const std::string& path) {  // without following symbolic links
   ::rmdir(path.c_str());
 }
 
-void signal_group(pid_t pgid, int sig) {
-  if (pgid > 1) kill(-pgid, sig);  // a group that is already gone is fine
-}
+void signal_group(pid_t pgid, int sig) { if (pgid > 1) kill(-pgid, sig); }  // a group that is already gone is fine
 
 // Direct children of this process other than `keep` (orphans re-parented to us as subreaper).
 std::vector<pid_t> list_children(pid_t keep) {
@@ -113,7 +108,6 @@ std::vector<pid_t> list_children(pid_t keep) {
   if (!temp_dir.empty()) remove_tree(temp_dir);
   _exit(0);
 }
-
 }  // namespace
 
 SpawnResult spawn_worker(const std::vector<std::string>& argv, const EnvMap& env, const std::set<int>& cpus) {
@@ -151,8 +145,7 @@ SpawnResult spawn_worker(const std::vector<std::string>& argv, const EnvMap& env
   // Blocks only until the child's exec succeeds (close-on-exec gives EOF) or fails (errno arrives).
   int child_errno = 0;
   ssize_t n;
-  while ((n = read(p.pipes[2][0], &child_errno, sizeof child_errno)) < 0 && errno == EINTR) {
-  }
+  while ((n = read(p.pipes[2][0], &child_errno, sizeof child_errno)) < 0 && errno == EINTR) continue;
   close(p.pipes[2][0]);
   res.pid = pid;
   res.exec_errno = n == static_cast<ssize_t>(sizeof child_errno) ? child_errno : 0;
@@ -170,18 +163,13 @@ bool Teardown::start(const std::string& temp_dir) {
   const pid_t pid = fork();
   if (pid == 0) guardian_main(fds[0], temp_dir);  // the write end closes with the other fds there
   close(fds[0]);
-  if (pid < 0) {
-    close(fds[1]);
-    return false;
-  }
+  if (pid < 0) close(fds[1]);
   guardian_ = pid;
-  guardian_fd_ = fds[1];
-  return true;
+  guardian_fd_ = pid < 0 ? -1 : fds[1];
+  return pid > 0;
 }
 
-void Teardown::tell_guardian(pid_t v) {
-  if (guardian_fd_ >= 0) write_all(guardian_fd_, &v, sizeof v);
-}
+void Teardown::tell_guardian(pid_t v) { if (guardian_fd_ >= 0) write_all(guardian_fd_, &v, sizeof v); }
 
 void Teardown::watch(pid_t pgid) {
   groups_.insert(pgid);
@@ -194,9 +182,7 @@ void Teardown::exited(pid_t pgid) {
   tell_guardian(-pgid);
 }
 
-void Teardown::signal_all(int sig) {
-  for (pid_t g : groups_) signal_group(g, sig);
-}
+void Teardown::signal_all(int sig) { for (pid_t g : groups_) signal_group(g, sig); }
 
 void Teardown::sweep(double max_seconds) {
   const double deadline = mono_now() + max_seconds;
@@ -223,5 +209,4 @@ void Teardown::finish() {
   guardian_ = -1;
   if (!temp_dir_.empty()) remove_tree(temp_dir_);
 }
-
 }  // namespace dl

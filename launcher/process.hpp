@@ -1,8 +1,7 @@
-// Worker processes, started and stopped in one place. spawn_worker starts one: its own session and
-// process group, a parent-death signal, its CPU affinity and its stdout/stderr pipes, all set between
-// fork and exec. Teardown stops them: the agent's round states (agent.hpp) decide when, Teardown how
-// (its methods below). A guardian process forked at start-up does the same if the launcher dies
-// without getting there (SIGKILL, crash).
+// Worker processes, started and stopped in one place. spawn_worker starts one: its own session and process group,
+// a parent-death signal, its CPU affinity and its stdout/stderr pipes, all set between fork and exec. Teardown
+// stops them: the agent's round states (agent.hpp) decide when, Teardown how (its methods below). A guardian
+// process forked at start-up does the same if the launcher dies without getting there (SIGKILL, crash).
 #pragma once
 
 #include <sys/types.h>
@@ -10,7 +9,6 @@
 #include "util.hpp"
 
 namespace dl {
-
 struct SpawnResult {
   pid_t pid = -1;         // -1: fork failed (see error)
   int out_fd = -1, err_fd = -1;  // read ends of the worker's stdout / stderr pipes (non-blocking)
@@ -32,8 +30,7 @@ class Teardown {
   void exited(pid_t pgid);     // its leader exited: whatever it left in the group goes with it
   void signal_all(int sig);    // to every live worker's process group
   void sweep(double seconds);  // SIGKILL and reap every child but the guardian, repeatedly
-  // At exit: SIGKILL every group, sweep, stop the guardian, remove the temporary directory.
-  void finish();
+  void finish();               // at exit: SIGKILL every group, sweep, stop the guardian, remove the temp directory
 
  private:
   void tell_guardian(pid_t v);  // see guardian_main in process.cpp
@@ -42,5 +39,4 @@ class Teardown {
   pid_t guardian_ = -1;
   int guardian_fd_ = -1;
 };
-
 }  // namespace dl

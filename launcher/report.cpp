@@ -6,7 +6,6 @@
 #include <cstdlib>
 
 namespace dl {
-
 namespace {
 // The spellings in summary.json and on the wire.
 const char* const kStateNames[] = {"not_started", "running", "succeeded", "failed", "terminated", "lost"};
@@ -42,7 +41,6 @@ bool read_json_string(const std::string& text, size_t i, std::string* out) {
 }
 
 const char* rank_state_name(RankState s) { return kStateNames[static_cast<int>(s)]; }
-
 }  // namespace
 
 std::string Fate::how() const {
@@ -157,5 +155,4 @@ std::string error_file_message(const std::string& path) {
   }
   return "";
 }
-
 }  // namespace dl

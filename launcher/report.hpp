@@ -8,9 +8,7 @@
 #include "plane.hpp"
 
 namespace dl {
-
-// Failed: exited non-zero or died on its own; Terminated: stopped by the launcher; Lost: its node
-// disappeared.
+// Failed: exited non-zero or died on its own; Terminated: stopped by the launcher; Lost: its node disappeared.
 enum class RankState { NotStarted, Running, Succeeded, Failed, Terminated, Lost };
 
 struct Fate {  // aggregate: Fate{rank, local_rank, node, round, host[, state]}
@@ -60,5 +58,4 @@ void write_summary(const std::string& dir, const Options& opt, const RootCause* 
 // The "message" of a torchelastic error file ({"message": {"message": "...", ...}} or a string); ""
 // when there is none or the file cannot be read.
 std::string error_file_message(const std::string& path);
-
 }  // namespace dl

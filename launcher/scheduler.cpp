@@ -1,16 +1,12 @@
 #include "args.hpp"
 
 namespace dl {
-
 namespace {
-
 constexpr size_t kMaxHosts = 1u << 20;
 const std::string kDigits = "0123456789";
 
-// The numbers of one bracket group ("01-03,07"), zero-padded to the width of each range's first
-// number, as SLURM does.
-bool expand_ranges(const std::string& body, const std::string& pat, std::vector<std::string>* out,
-                   std::string* error) {
+// The numbers of one bracket group ("01-03,07"), zero-padded to the width of each range's first number, as SLURM does.
+bool expand_ranges(const std::string& body, const std::string& pat, std::vector<std::string>* out, std::string* error) {
   for (const std::string& range : split(body, ',')) {
     const size_t dash = range.find('-');
     const std::string lo = range.substr(0, dash), hi = dash == std::string::npos ? lo : range.substr(dash + 1);
@@ -92,7 +88,6 @@ bool detect_slurm(const EnvMap& env, SchedulerInfo* info, std::string* error) {
   }
   return true;
 }
-
 }  // namespace
 
 bool expand_hostlist(const std::string& list, std::vector<std::string>* hosts, std::string* error) {
@@ -137,5 +132,4 @@ bool detect_scheduler(const EnvMap& env, SchedulerInfo* info, std::string* error
   info->run_id = first_set(env, {"OMPI_MCA_orte_ess_jobid", "PMIX_NAMESPACE"});
   return true;
 }
-
 }  // namespace dl

@@ -14,22 +14,17 @@
 #include <cstring>
 
 namespace dl {
-
 namespace {
-
 const std::pair<int, const char*> kSignals[] = {
-    {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},
-    {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"}, {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},
-    {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"}, {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
-    {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"}, {SIGCHLD, "SIGCHLD"},
-    {SIGCONT, "SIGCONT"}, {SIGSTOP, "SIGSTOP"}, {SIGTSTP, "SIGTSTP"}, {SIGXCPU, "SIGXCPU"},
+    {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},   {SIGTRAP, "SIGTRAP"},
+    {SIGABRT, "SIGABRT"}, {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},   {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"},
+    {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"}, {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"},
+    {SIGCHLD, "SIGCHLD"}, {SIGCONT, "SIGCONT"}, {SIGSTOP, "SIGSTOP"}, {SIGTSTP, "SIGTSTP"}, {SIGXCPU, "SIGXCPU"},
     {SIGXFSZ, "SIGXFSZ"}, {SIGSYS, "SIGSYS"},
 };
 
 template <typename Clock>
-double clock_seconds() {
-  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
-}
+double clock_seconds() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
 template <typename T, typename Convert>
 bool parse_whole(const std::string& s, T* out, Convert convert) {
@@ -42,10 +37,6 @@ bool parse_whole(const std::string& s, T* out, Convert convert) {
 }
 
 Console* g_console = nullptr;
-
-// A console that is gone (EPIPE, closed) loses the output; the launcher keeps supervising.
-void write_text(int fd, const std::string& s) { write_all(fd, s.data(), s.size()); }
-
 }  // namespace
 
 double mono_now() { return clock_seconds<std::chrono::steady_clock>(); }
@@ -70,9 +61,7 @@ std::string trim(const std::string& s) {
   return b == std::string::npos ? "" : s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
-bool starts_with(const std::string& s, const std::string& prefix) {
-  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
-}
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
 
 std::string to_lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -94,8 +83,7 @@ bool parse_double(const std::string& s, double* out) {
 }
 
 bool write_all(int fd, const void* data, size_t len) {
-  const char* p = static_cast<const char*>(data);
-  while (len > 0) {
+  for (const char* p = static_cast<const char*>(data); len > 0;) {
     ssize_t n = ::write(fd, p, len);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
@@ -203,8 +191,7 @@ void Console::run() {
   for (;;) {
     cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
     if (queue_.empty() && stopping_) return;
-    std::deque<std::pair<int, std::string>> batch;
-    batch.swap(queue_);
+    const std::deque<std::pair<int, std::string>> batch = std::exchange(queue_, {});
     lock.unlock();
     // Coalesce consecutive lines for the same fd into one write (up to about 1 MiB); each item is whole lines.
     std::string buf;
@@ -213,7 +200,7 @@ void Console::run() {
       buf += batch[i].second;
       done += batch[i].second.size();
       if (i + 1 == batch.size() || batch[i + 1].first != batch[i].first || buf.size() > (1u << 20)) {
-        write_text(batch[i].first, buf);
+        write_all(batch[i].first, buf.data(), buf.size());  // a console that is gone (EPIPE) loses the output
         buf.clear();
       }
     }
@@ -225,12 +212,11 @@ void Console::run() {
 void log_line(const std::string& msg) {
   std::string text = "[detlite-launch] " + msg + "\n";
   if (g_console) g_console->write(2, std::move(text));
-  else write_text(2, text);
+  else write_all(2, text.data(), text.size());
 }
 
 void log_lines(const std::string& text) {
   for (const std::string& line : split(text, '\n'))
     if (!line.empty()) log_line(line);
 }
-
 }  // namespace dl

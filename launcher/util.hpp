@@ -14,15 +14,13 @@
 #include <vector>
 
 namespace dl {
-
 using EnvMap = std::map<std::string, std::string>;  // the environment, taken once at start-up
+std::string env_get(const EnvMap& env, const std::string& key, const std::string& fallback = "");
 
 // Seconds on the monotonic clock (for deadlines) and on the wall clock (for reports across nodes).
 double mono_now();
 double wall_now();
 constexpr double kNever = 1e18;  // a deadline that does not come
-
-std::string env_get(const EnvMap& env, const std::string& key, const std::string& fallback = "");
 
 std::vector<std::string> split(const std::string& s, char sep);
 std::string trim(const std::string& s);
@@ -85,5 +83,4 @@ class Pollable {
   virtual void tick(double /*now*/) {}
   virtual double next_deadline(double /*now*/) const { return kNever; }
 };
-
 }  // namespace dl

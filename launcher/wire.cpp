@@ -8,9 +8,7 @@
 #include <cstring>
 
 namespace dl {
-
 namespace {
-
 std::string pct_encode(const std::string& s) {
   static const char kHex[] = "0123456789ABCDEF";
   std::string out;
@@ -32,7 +30,6 @@ bool pct_decode(const std::string& s, std::string* out) {
   }
   return true;
 }
-
 }  // namespace
 
 std::string Msg::get(const std::string& key, const std::string& fallback) const {
@@ -120,5 +117,4 @@ int probe_port(int port) {
   if (fd >= 0) ::close(fd);
   return ok ? ntohs(addr.sin_port) : 0;
 }
-
 }  // namespace dl
