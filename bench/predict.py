@@ -22,20 +22,19 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]  # tests/ holds the effdet helpers
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]  # effdet helpers, timing
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from effdet_ref import effdet_config  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
 
 from detlite import checkpoint, config, model, ops, postprocess  # noqa: E402
 from detlite.export import ExportSpec, export, formats  # noqa: E402
@@ -43,22 +42,6 @@ from detlite.export.compare import detections_agreement  # noqa: E402
 from detlite.steps import Predictor, StepOptions  # noqa: E402
 
 PRESETS = {"lite0": "tf_efficientdet_lite0", "d0": "tf_efficientdet_d0"}
-
-
-def interleaved_medians(runners: dict[str, Callable[[], object]], warmup: int, repeats: int):
-    """Median seconds per runner, timed in rounds that call every runner once in turn, so that
-    a machine whose speed drifts (a shared host) shifts every row alike, not the later ones."""
-    times: dict[str, list[float]] = {label: [] for label in runners}
-    with torch.no_grad():
-        for run in runners.values():
-            for _ in range(warmup):
-                run()
-        for _ in range(repeats):
-            for label, run in runners.items():
-                start = time.perf_counter()
-                run()
-                times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(seconds) for label, seconds in times.items()}
 
 
 def plain_top_k_agreement(predictor: Predictor, params, images: torch.Tensor) -> str:
@@ -126,7 +109,8 @@ def model_rows(name: str, size: int, batches: list[int], args, folder: Path):
         timed = {"effdet eager": effdet_runner(cfg, images)}
         for label, run in runners.items():
             timed[label] = lambda r=run, i=images, s=scales: r(i, s)
-        medians = interleaved_medians(timed, args.warmup, args.repeats)
+        with torch.no_grad():  # effdet's bench would otherwise record autograd graphs
+            medians = interleaved_medians(timed, args.warmup, args.repeats)
         for label, seconds in medians.items():
             yield short, batch, label, seconds, medians["effdet eager"]
 

@@ -160,11 +160,15 @@ def dense_inference(
     return postprocess.dense_detections(cls_out, box_out, anchors, cfg)
 
 
-def compiled(fn: Callable, mode: CompileMode, fullgraph: bool = True) -> Callable:
-    """`fn` compiled in `mode` ("off": `fn` itself), with fullgraph unless told otherwise."""
+def compiled(
+    fn: Callable, mode: CompileMode, fullgraph: bool = True, dynamic: bool | None = None
+) -> Callable:
+    """`fn` compiled in `mode` ("off": `fn` itself), with fullgraph unless told otherwise;
+    `dynamic` as `torch.compile` takes it (None: static first, symbolic after a change)."""
     if mode == "off":
         return fn
-    return torch.compile(fn, fullgraph=fullgraph, mode=None if mode == "default" else mode)
+    mode_arg = None if mode == "default" else mode
+    return torch.compile(fn, fullgraph=fullgraph, dynamic=dynamic, mode=mode_arg)
 
 
 class TrainingLoss:
@@ -205,7 +209,8 @@ class TrainingLoss:
 
 class Predictor:
     """`predict(params, images, image_scales=None) -> (detections, counts)` without gradients,
-    compiled per `options`."""
+    compiled per `options`: one static graph per batch shape, since a symbolic batch compiles
+    slower and runs slower (top-k in parts needs static sizes), and a run sees few shapes."""
 
     def __init__(self, cfg: ModelConfig, options: StepOptions = EAGER, device: str = "cpu") -> None:
         self.cfg = cfg
@@ -214,7 +219,7 @@ class Predictor:
         def predict(params, images, image_scales, anchors):
             return inference(params, images, image_scales, anchors, cfg, options)
 
-        self._predict = compiled(predict, options.compile)
+        self._predict = compiled(predict, options.compile, dynamic=False)
 
     @torch.no_grad()
     def __call__(self, params: Params, images: Tensor, image_scales: Tensor | None = None):

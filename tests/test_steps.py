@@ -8,7 +8,7 @@ from conftest import compact_lite0
 from detlite import anchors as anchors_lib
 from detlite import model, targets
 from detlite.loss import detection_loss
-from detlite.steps import Predictor, StepOptions, TrainingLoss
+from detlite.steps import Predictor, StepOptions, TrainingLoss, compiled
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,26 @@ def test_bf16_autocast_keeps_float32_losses_and_outputs(small):
     torch.testing.assert_close(losses[0], reference[0], rtol=0.1, atol=0.0)
     dets, _ = Predictor(cfg, options)(params, images)
     assert dets.dtype == torch.float32
+
+
+def test_predictor_compiles_one_static_graph_per_batch_shape(small, monkeypatch):
+    """A symbolic batch would compile slower and lose the static top-k sizes, so the predictor
+    asks for static graphs; `compiled(..., dynamic=False)` then recompiles per batch shape."""
+    cfg = small[0]
+    asked = {}
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: asked.update(kw) or real_compile(fn, **kw)
+    )
+    Predictor(cfg, StepOptions(compile="default"))
+    assert asked["dynamic"] is False and asked["fullgraph"] is True
+    monkeypatch.undo()
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    column_sums = compiled(lambda x: x.sum(0), "default", dynamic=False)
+    for batch in (2, 3, 4, 2):  # automatic dynamic shapes would compile 2 graphs, not 3
+        assert torch.equal(column_sums(torch.ones(batch, 3)), torch.full((3,), float(batch)))
+    assert counters["stats"]["unique_graphs"] == 3
