@@ -10,7 +10,8 @@ clipping, SGD and the EMA update. effdet's step is DetBenchTrain (its anchor lab
 loss) with backward, clipping and SGD. Synthetic images with 12 boxes each, random weights.
 
 The goal table times, per config, effdet (eager), detlite eager on the Python reference kernels of
-its ops (the unoptimised path), detlite eager (C++ CPU kernels where loaded) and detlite compiled.
+its ops (the unoptimised path; the override is for CPU tensors, so on CUDA that row runs the CUDA
+kernels like the next), detlite eager (C++ CPU kernels where loaded) and detlite compiled.
 The first 5 steps of every detlite row start from the same weights, batch and seed; their losses
 are compared with the unoptimised path's (relative difference at step 1 and the largest of the 5).
 Times are medians over --repeats steps after those 5, taken in rounds that call every
