@@ -49,7 +49,14 @@ from detlite.optim import OptimConfig, ema_update, make_sgd, trainable_names  # 
 from detlite.steps import StepOptions, TrainingLoss  # noqa: E402
 
 PRESETS = {"lite0": "tf_efficientdet_lite0", "d0": "tf_efficientdet_d0"}
-IMPLEMENTATIONS = ("effdet", "detlite reference kernels", "detlite eager", "detlite compiled")
+IMPLEMENTATIONS = (
+    "effdet",
+    "detlite reference kernels",
+    "detlite eager",
+    "detlite compiled",
+    "detlite eager, channels_last",
+    "detlite compiled, channels_last",
+)
 CHECKED_STEPS = 5
 
 
@@ -125,8 +132,12 @@ def make_step(impl: str, preset: str, size: int, batch: int, args) -> Callable[[
     device = torch.device(args.device)
     if impl == "effdet":
         return effdet_step(cfg, batch, device)
-    compile_mode = "default" if impl == "detlite compiled" else "off"
-    step = detlite_step(cfg, batch, StepOptions(compile=compile_mode, dtype=args.precision), device)
+    options = StepOptions(
+        compile="default" if impl.startswith("detlite compiled") else "off",
+        dtype=args.precision,
+        channels_last=impl.endswith("channels_last"),
+    )
+    step = detlite_step(cfg, batch, options, device)
     return on_reference_kernels(step) if impl == "detlite reference kernels" else step
 
 

@@ -28,6 +28,7 @@ class DashState:
     trend: deque = field(default_factory=lambda: deque(maxlen=24))
     lr: float = 0.0
     samples: deque = field(default_factory=lambda: deque(maxlen=512))  # (time, images, wait s)
+    waited_s: float = 0.0  # the whole run's time spent waiting for data
     rss_gb: float = 0.0
     cuda_peak_gb: float | None = None
     last_eval: dict[str, float] | None = None
@@ -46,6 +47,7 @@ class DashState:
 
     def add_throughput(self, images: int, wait_s: float, now: float) -> None:
         self.samples.append((now, images, wait_s))
+        self.waited_s += wait_s
         while self.samples and now - self.samples[0][0] > _RATE_WINDOW_S:
             self.samples.popleft()
 
@@ -149,7 +151,9 @@ def _eval_text(state: DashState, now: float) -> str:
 
 def summary_lines(state: DashState, best_path: str | None, run_dir: str) -> list[str]:
     """The end-of-run summary: best AP, where the best weights are, wall time, what next."""
-    lines = [f"finished {state.step} steps in {_duration(time.monotonic() - state.started)}"]
+    elapsed = time.monotonic() - state.started
+    waited = f" ({state.waited_s / elapsed:.0%} of it waiting for data)" if elapsed > 0 else ""
+    lines = [f"finished {state.step} steps in {_duration(elapsed)}{waited}"]
     if state.best is not None:
         lines.append(f"best AP {state.best[0]:.4f} at step {state.best[1]}: {best_path}")
     elif best_path:

@@ -25,7 +25,10 @@ from .metrics import METRIC_NAMES, write_per_class_csv
 from .rundir import CONFIG, LABELS, METRICS, PER_CLASS, PLOTS, PR_CURVES, RESULTS
 
 __all__ = ["CONFIG", "LABELS", "METRICS", "PER_CLASS", "PLOTS", "PR_CURVES", "RESULTS"]
-STEP_COLUMNS = ("step", "epoch", "loss", "cls_loss", "box_loss", "lr", "img_per_s", "gt_overflow")
+STEP_COLUMNS = (
+    *("step", "epoch", "loss", "cls_loss", "box_loss", "lr"),
+    *("img_per_s", "data_wait", "gt_overflow"),
+)
 COLUMNS = (*STEP_COLUMNS, *METRIC_NAMES)
 _BOX_SAMPLE = 20_000  # box sizes kept for the label plot
 

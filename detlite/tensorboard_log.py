@@ -1,10 +1,11 @@
 """`--log.tensorboard`: the run's records as TensorBoard event files in RUN/tensorboard (rank 0).
 
-Scalars: train/{loss,cls_loss,box_loss,lr,img_per_s} at each logged step, val/<metric> for the
-12 COCO metrics and val_ap/<class> at each evaluation. Precision-recall curves per class at
-IoU 0.5 (pr_iou50/<class>) and over 0.5:0.95 (pr_iou50-95/<class>), from COCOeval's
-interpolated precision at its 101 recall points: the points up to the highest recall reached,
-with the true/false positive counts that recall and precision imply for the class's instances.
+Scalars: train/{loss,cls_loss,box_loss,lr,img_per_s,data_wait} at each logged step,
+val/<metric> for the 12 COCO metrics and val_ap/<class> at each evaluation. Precision-recall
+curves per class at IoU 0.5 (pr_iou50/<class>) and over 0.5:0.95 (pr_iou50-95/<class>), from
+COCOeval's interpolated precision at its 101 recall points: the points up to the highest recall
+reached, with the true/false positive counts that recall and precision imply for the class's
+instances.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from .errors import ConfigError
 from .rundir import TENSORBOARD
 
-_TRAIN_SCALARS = ("loss", "cls_loss", "box_loss", "lr", "img_per_s")
+_TRAIN_SCALARS = ("loss", "cls_loss", "box_loss", "lr", "img_per_s", "data_wait")
 _CURVES = (("pr50", "pr_iou50"), ("pr", "pr_iou50-95"))
 
 
@@ -41,7 +42,8 @@ class TensorBoardLog:
 
     def step(self, step: int, record: dict) -> None:
         for name in _TRAIN_SCALARS:
-            self._writer.add_scalar(f"train/{name}", record[name], step)
+            if name in record:  # data_wait: only the trainer's records carry it
+                self._writer.add_scalar(f"train/{name}", record[name], step)
 
     def evaluation(self, step: int, metrics: dict, per_class: list[dict]) -> None:
         for name, value in metrics.items():

@@ -58,7 +58,7 @@ def loop(run: Run) -> dict[str, Any]:
         if run.dash.enabled and step == first_step:  # the run's (or this resume's) first step
             run_outputs.first_batch(cfg.output, micro_batches[0], run.category_map.names)
         step += 1
-        window.add(run.global_batch, sum(int(b["num_overflow"]) for b in micro_batches))
+        window.add(run.global_batch, sum(int(b["num_overflow"]) for b in micro_batches), waited)
         run.report_unreadable([reason for b in micro_batches for reason in b["unreadable"]])
         run.dash.advance(step, step / run.loader.steps_per_epoch, run.global_batch, waited)
         if step % cfg.log_every == 0 or step == run.total_steps:
@@ -151,22 +151,26 @@ def _finish(run: Run, step: int, last: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Window:
-    """Images and ground-truth overflow since the last log line, for throughput."""
+    """Images, seconds waited for data and ground-truth overflow since the last log line."""
 
     def __init__(self) -> None:
         self.images, self.start, self.overflow, self.total_overflow = 0, time.perf_counter(), 0, 0
+        self.waited = 0.0
 
-    def add(self, images: int, overflow: int) -> None:
+    def add(self, images: int, overflow: int, waited: float) -> None:
         self.images += images
+        self.waited += waited
         self.overflow += overflow
         self.total_overflow += overflow
 
-    def rate(self) -> float:
-        """Images per second since the last `rate`, which starts a new window."""
+    def rates(self) -> tuple[float, float]:
+        """(images per second, share of the wall time spent waiting for data) since the last
+        `rates`, which starts a new window."""
         now = time.perf_counter()
-        rate = self.images / max(now - self.start, 1e-9)
-        self.images, self.start = 0, now
-        return rate
+        span = max(now - self.start, 1e-9)
+        rates = self.images / span, min(self.waited / span, 1.0)
+        self.images, self.waited, self.start = 0, 0.0, now
+        return rates
 
 
 def _log(run: Run, step: int, losses, lr: float, window: _Window) -> dict[str, Any]:
@@ -174,12 +178,14 @@ def _log(run: Run, step: int, losses, lr: float, window: _Window) -> dict[str, A
     summed = distributed.all_reduce_sum(torch.stack([t.detach() for t in losses]))
     total, cls_loss, box_loss = summed.tolist()  # each rank held its share of the global loss
     _check_finite(run, step, total)
+    img_per_s, data_wait = window.rates()
     record = {
         "loss": total,
         "cls_loss": cls_loss,
         "box_loss": box_loss,
         "lr": lr,
-        "img_per_s": window.rate(),
+        "img_per_s": img_per_s,
+        "data_wait": data_wait,
         "epoch": step / run.loader.steps_per_epoch,
         "gt_overflow": window.overflow,
     }

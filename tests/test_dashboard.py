@@ -111,3 +111,29 @@ def test_a_narrowed_terminal_gets_one_clean_redraw(tmp_path):
     assert text.count("\x1b[2J") == 1
     after = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text.split("\x1b[2J")[1])
     assert "2/10" in after and max(len(line) for line in after.splitlines()) <= 72
+
+
+def test_the_summary_and_step_lines_report_the_data_wait_share(tmp_path, capsys):
+    state = DashState(step=5, total_steps=5, started=time.monotonic() - 10.0)
+    state.add_throughput(8, 0.0, time.monotonic())
+    state.add_throughput(8, 2.0, time.monotonic())  # 2 s of the run's ~10 s spent waiting
+    assert "(20% of it waiting for data)" in summary_lines(state, None, "r")[0]
+    dash = Dashboard(tmp_path, total_steps=4, start_step=0, enabled=True)
+    record = {"loss": 1.5, "cls_loss": 1.0, "box_loss": 0.01, "lr": 0.01, "img_per_s": 3.0,
+              "data_wait": 0.25, "epoch": 0.5}  # fmt: skip
+    dash.step(2, record)
+    dash.close(tmp_path)
+    assert "3.0 img/s  data wait 25%" in capsys.readouterr().out
+
+
+def test_the_trainer_window_measures_the_share_of_time_spent_waiting(monkeypatch):
+    from detlite import trainer
+
+    clock = iter([100.0, 104.0, 110.0])
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(clock))
+    window = trainer._Window()  # starts at 100 s
+    window.add(8, 0, 1.0)
+    window.add(8, 0, 0.0)
+    assert window.rates() == (4.0, 0.25)  # 16 images and 1 s waited in 4 s
+    window.add(4, 0, 0.0)
+    assert window.rates() == (4 / 6, 0.0)  # a new window: 4 images in 6 s, no wait
