@@ -115,6 +115,7 @@ HELP_ONLY = {
     "bench/train.py",
     "bench/distributed.py",
     "bench/predict.py",
+    "bench/batchnorm_bound.py",
     "bench/nvidia_parity.py",  # needs a checkout of NVIDIA's code, which the project never holds
     "detlite.export",
     "examples/run_package.py",
