@@ -22,12 +22,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+from presets import PRESETS  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 from detlite import backbone, bifpn, config, layers, model  # noqa: E402
 from detlite.steps import Predictor, StepOptions  # noqa: E402
 
-PRESETS = {"lite0": "tf_efficientdet_lite0", "d0": "tf_efficientdet_d0"}
 FOLDABLE = (backbone, bifpn)  # modules whose `batch_norm` follows a conv of its own
 
 

@@ -34,14 +34,13 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]  # effdet h
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from effdet_ref import effdet_config  # noqa: E402
+from presets import PRESETS  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 from detlite import checkpoint, config, model, ops, postprocess  # noqa: E402
 from detlite.export import ExportSpec, export, formats  # noqa: E402
 from detlite.export.compare import detections_agreement  # noqa: E402
 from detlite.steps import Predictor, StepOptions  # noqa: E402
-
-PRESETS = {"lite0": "tf_efficientdet_lite0", "d0": "tf_efficientdet_d0"}
 
 
 def plain_top_k_agreement(predictor: Predictor, params, images: torch.Tensor) -> str:

@@ -42,13 +42,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from effdet_ref import effdet_config, swap_xy  # noqa: E402
 from kernel_choice import reference_cpu_kernels  # noqa: E402
+from presets import PRESETS  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 from detlite import config, model, ops  # noqa: E402
 from detlite.optim import OptimConfig, ema_update, make_sgd, trainable_names  # noqa: E402
 from detlite.steps import StepOptions, TrainingLoss  # noqa: E402
 
-PRESETS = {"lite0": "tf_efficientdet_lite0", "d0": "tf_efficientdet_d0"}
 IMPLEMENTATIONS = (
     "effdet",
     "detlite reference kernels",

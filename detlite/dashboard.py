@@ -35,12 +35,6 @@ class MetricsFile:
         self._file.close()
 
 
-def _waiting(record: dict) -> str:
-    """The step line's data-wait share (records from the trainer carry one)."""
-    share = record.get("data_wait")
-    return "" if share is None else f"  data wait {share:.0%}"
-
-
 def _rss_gb() -> float:
     """This process's resident memory (Linux /proc; elsewhere its peak)."""
     try:
@@ -121,8 +115,8 @@ class Dashboard:
             print(
                 f"step {step}/{self.total_steps}  loss {record['loss']:.4f} "
                 f"(cls {record['cls_loss']:.4f} box {record['box_loss']:.5f})  "
-                f"lr {record['lr']:.2e}  {record['img_per_s']:.1f} img/s"
-                f"{_waiting(record)}",
+                f"lr {record['lr']:.2e}  {record['img_per_s']:.1f} img/s  "
+                f"data wait {record['data_wait']:.0%}",
                 flush=True,
             )
 

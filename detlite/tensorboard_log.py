@@ -42,8 +42,7 @@ class TensorBoardLog:
 
     def step(self, step: int, record: dict) -> None:
         for name in _TRAIN_SCALARS:
-            if name in record:  # data_wait: only the trainer's records carry it
-                self._writer.add_scalar(f"train/{name}", record[name], step)
+            self._writer.add_scalar(f"train/{name}", record[name], step)
 
     def evaluation(self, step: int, metrics: dict, per_class: list[dict]) -> None:
         for name, value in metrics.items():

@@ -62,7 +62,7 @@ def test_plain_lines_off_a_terminal_and_the_summary(tmp_path, capsys):
     dash = Dashboard(tmp_path, total_steps=4, start_step=0, enabled=True)
     assert not dash.interactive  # pytest captures stdout: not a terminal
     record = {"loss": 1.5, "cls_loss": 1.0, "box_loss": 0.01, "lr": 0.01, "img_per_s": 3.0,
-              "epoch": 0.5}  # fmt: skip
+              "data_wait": 0.0, "epoch": 0.5}  # fmt: skip
     dash.step(2, record)
     dash.record({"step": 2, "eval": {"AP": 0.3, "AP50": 0.5, "AP75": 0.2}})
     (tmp_path / "best.safetensors").write_bytes(b"x")

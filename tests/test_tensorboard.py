@@ -33,7 +33,8 @@ def _row(name, reached_recall):
 def test_scalars_and_pr_curves_read_back(tmp_path):
     pytest.importorskip("tensorboard")
     log = tensorboard_log.TensorBoardLog(tmp_path, start_step=0)
-    record = {"loss": 2.5, "cls_loss": 1.5, "box_loss": 0.02, "lr": 0.1, "img_per_s": 7.0}
+    record = {"loss": 2.5, "cls_loss": 1.5, "box_loss": 0.02, "lr": 0.1, "img_per_s": 7.0,
+              "data_wait": 0.0}  # fmt: skip
     log.step(3, record)
     log.evaluation(3, {"AP": 0.3, "AP50": 0.55}, [_row("ring", 0.8), _row("cross", 0.005)])
     log.close()
