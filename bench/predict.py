@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from effdet_ref import effdet_config  # noqa: E402
 from presets import PRESETS  # noqa: E402
-from timing import interleaved_medians  # noqa: E402
+from timing import add_host_memory_flag, apply_host_memory_flag, interleaved_medians  # noqa: E402
 
 from detlite import checkpoint, config, model, ops, postprocess  # noqa: E402
 from detlite.export import ExportSpec, export, formats  # noqa: E402
@@ -121,12 +121,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip", default="", help="comma-separated: aoti, onnx")
+    add_host_memory_flag(parser)
     args = parser.parse_args()
+    memory = apply_host_memory_flag(args)
     batches = [int(b) for b in args.batches.split(",")]
     print(f"# detlite prediction benchmark, {datetime.date.today().isoformat()}")
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; {ops.status()}"
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; {ops.status()}; "
+        f"{memory}"
     )
     print(f"command: python {' '.join(sys.argv)}\n")
     print("| model | batch | implementation | median (ms) | img/s | × effdet |")

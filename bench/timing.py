@@ -20,3 +20,21 @@ def interleaved_medians(runners: dict[str, Callable[[], object]], warmup: int, r
             run()
             times[label].append(time.perf_counter() - start)
     return {label: statistics.median(seconds) for label, seconds in times.items()}
+
+
+def add_host_memory_flag(parser) -> None:
+    parser.add_argument(
+        "--release-freed-memory",
+        action="store_true",
+        help="keep glibc's default (large freed blocks unmapped); default: freed host memory "
+        "kept for reuse, as train.py and eval.py run, for every row alike",
+    )
+
+
+def apply_host_memory_flag(args) -> str:
+    """Apply the flag to this whole process (every row); returns the header's words for it."""
+    from detlite import host_memory
+
+    if not args.release_freed_memory and host_memory.keep_freed_memory():
+        return "freed host memory kept for reuse (detlite.host_memory)"
+    return "glibc's default malloc"

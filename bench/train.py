@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from effdet_ref import effdet_config, swap_xy  # noqa: E402
 from kernel_choice import reference_cpu_kernels  # noqa: E402
 from presets import PRESETS  # noqa: E402
-from timing import interleaved_medians  # noqa: E402
+from timing import add_host_memory_flag, apply_host_memory_flag, interleaved_medians  # noqa: E402
 
 from detlite import config, model, ops  # noqa: E402
 from detlite.optim import OptimConfig, ema_update, make_sgd, trainable_names  # noqa: E402
@@ -145,6 +145,7 @@ def peak_rss_mb(impl: str, preset: str, size: int, batch: int, args) -> float:
     """Peak RSS of a fresh process that builds `impl` and runs 3 steps (compilation included)."""
     child = [sys.executable, __file__, "--rss-child", impl, "--device", args.device]
     child += ["--configs", f"{preset}@{size}:{batch}", "--precision", args.precision]
+    child += ["--release-freed-memory"] if args.release_freed_memory else []
     out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
     return float(out.split()[-1])
 
@@ -174,7 +175,7 @@ def loss_check(losses: list[float], reference: list[float]) -> str:
 def goal_rows(preset: str, size: int, batch: int, args):
     """(implementation, median s, effdet's median s, loss check, peak RSS MB) per implementation."""
     torch._dynamo.reset()  # each config compiles afresh, for static shapes
-    steps = {impl: make_step(impl, preset, size, batch, args) for impl in IMPLEMENTATIONS}
+    steps = {impl: make_step(impl, preset, size, batch, args) for impl in args.implementations}
     losses = {impl: checked_losses(step) for impl, step in steps.items()}
     reference = losses["detlite reference kernels"]
     print(f"{preset}@{size} batch {batch}, first losses: {losses}", file=sys.stderr)
@@ -228,6 +229,18 @@ def parse_configs(text: str) -> list[tuple[str, int, int]]:
     return out
 
 
+def _implementations(text: str) -> list[str]:
+    chosen = {name.strip() for name in text.split(";")}
+    unknown = chosen - set(IMPLEMENTATIONS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown {sorted(unknown)}; choose from {IMPLEMENTATIONS}"
+        )
+    # The ratio's base and the loss check's reference are always timed.
+    chosen |= {"effdet", "detlite reference kernels"}
+    return [name for name in IMPLEMENTATIONS if name in chosen]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default="d0@512:2,lite0@256:8", help="model@size:batch, ...")
@@ -239,15 +252,23 @@ def main() -> None:
     p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the peak-RSS runs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--implementations",
+        default=";".join(IMPLEMENTATIONS),
+        type=_implementations,
+        help="rows of the goal table, separated by ; (effdet and the reference kernels always)",
+    )
+    add_host_memory_flag(p)
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    memory = apply_host_memory_flag(args)
     if args.rss_child:
         return rss_child(args)
     print(f"# detlite training-step benchmark, {datetime.date.today().isoformat()}")
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, {args.device}, "
-        f"{args.precision}; {ops.status()}"
+        f"{args.precision}; {ops.status()}; {memory}"
     )
     print(f"command: python {' '.join(sys.argv)}\n")
     print_scaling_table(args) if args.scaling else print_goal_table(args)

@@ -123,7 +123,7 @@ def _conv_bn(
 ) -> Tensor:
     x = conv2d(params, prefix + ".conv", x, stride=stride, groups=groups, tf_padding=cfg.tf_padding)
     x = batch_norm(params, prefix + ".bn", x, mode=mode, momentum=momentum, eps=cfg.bn_eps)
-    return activation(x, cfg.act) if act else x
+    return activation(x, cfg.act, fresh=True) if act else x
 
 
 def _squeeze_excite(params: Params, prefix: str, x: Tensor, act: str) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 import tyro
 from rich.console import Console
 
-from . import checkpoint, distributed, validate
+from . import checkpoint, distributed, host_memory, validate
 from .data import (
     CategoryMap,
     CocoDetection,
@@ -199,6 +199,8 @@ def run(cfg: EvalConfig) -> dict:
     """eval.py: evaluate a checkpoint on a split, or predict on a folder (`--predict`)."""
     validate.check_eval_config(cfg)
     world = distributed.setup(cfg.device)
+    if world.device.type == "cpu":
+        host_memory.keep_freed_memory()
     try:
         # Every rank takes rank 0's choice: a folder made by one rank must not shift the others'.
         chosen = distributed.all_gather_objects(output_dir(cfg))[0]

@@ -45,7 +45,7 @@ def forward(
                 momentum=cfg.bn_momentum,
                 eps=cfg.bn_eps,
             )
-            x = activation(x, cfg.act)
+            x = activation(x, cfg.act, fresh=True)
         outputs.append(_separable_conv(params, f"{name}.predict", x))
     return outputs
 

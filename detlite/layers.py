@@ -88,13 +88,16 @@ def batch_norm(
     return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
-def activation(x: Tensor, name: str) -> Tensor:
+def activation(x: Tensor, name: str, *, fresh: bool = False) -> Tensor:
+    """`name` applied to `x`. `fresh=True` says nothing else reads `x` (a BatchNorm output):
+    ReLU6 and ReLU then overwrite it, which saves an allocation and a saved activation per layer
+    (their backward needs only the output); SiLU's backward needs its input, so it never does."""
     if name == "swish":
         return F.silu(x)
     if name == "relu6":
-        return F.relu6(x)
+        return F.relu6(x, inplace=fresh)
     if name == "relu":
-        return F.relu(x)
+        return F.relu(x, inplace=fresh)
     raise ValueError(f"unknown activation {name!r}")
 
 

@@ -36,6 +36,45 @@ def _fresh(params):
     return {k: v.clone() for k, v in params.items()}  # training-mode BN updates statistics
 
 
+def _step_results(small, options: StepOptions):
+    """Loss, gradients and BatchNorm statistics of one training step from `small`'s weights."""
+    cfg, params, images, boxes, labels = small
+    p = _fresh(params)
+    trained = [k for k, v in p.items() if v.is_floating_point() and "running" not in k]
+    for k in trained:
+        p[k].requires_grad_(True)
+    total, _, _ = TrainingLoss(cfg, options)(p, images, boxes, labels)
+    total.backward()
+    grads = {k: p[k].grad for k in trained}
+    stats = {k: v for k, v in p.items() if "running" in k}
+    return total.detach(), grads, stats
+
+
+def test_in_place_activations_change_nothing(small, monkeypatch):
+    """ReLU6 overwrites BatchNorm outputs in place (less memory and allocation per step): the
+    loss, every gradient and every statistic equal those of out-of-place activations, exactly."""
+    from detlite import backbone, head, layers
+
+    in_place = _step_results(small, StepOptions(channels_last=True))
+    calls = []
+
+    def out_of_place(x, name, *, fresh=False):
+        calls.append(fresh)
+        return layers.activation(x, name)
+
+    for module in (backbone, head):
+        monkeypatch.setattr(module, "activation", out_of_place)
+    copied = _step_results(small, StepOptions(channels_last=True))
+    assert small[0].act == "relu6" and any(calls), "the in-place path was not the one replaced"
+    for got, want in zip(in_place, copied, strict=True):
+        if isinstance(want, dict):
+            assert got.keys() == want.keys()
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+        else:
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_training_loss_is_the_model_api_composed(small):
     cfg, params, images, boxes, labels = small
     ours = TrainingLoss(cfg)(_fresh(params), images, boxes, labels)
@@ -64,18 +103,7 @@ def test_compiled_training_loss_and_gradients_match_eager(small):
 def test_eager_channels_last_changes_no_loss_gradient_or_statistic(small):
     """The built-in recipe trains eager in channels_last (faster CPU convolutions): the same
     step up to rounding, for every gradient and every BatchNorm statistic."""
-    cfg, params, images, boxes, labels = small
-    results = []
-    for options in (StepOptions(), StepOptions(channels_last=True)):
-        p = _fresh(params)
-        trained = [k for k, v in p.items() if v.is_floating_point() and "running" not in k]
-        for k in trained:
-            p[k].requires_grad_(True)
-        total, _, _ = TrainingLoss(cfg, options)(p, images, boxes, labels)
-        total.backward()
-        grads = {k: p[k].grad for k in trained}
-        stats = {k: v for k, v in p.items() if "running" in k}
-        results.append((total.detach(), grads, stats))
+    results = [_step_results(small, StepOptions(channels_last=cl)) for cl in (False, True)]
     (loss, grads, stats), (loss_cl, grads_cl, stats_cl) = results
     torch.testing.assert_close(loss_cl, loss, rtol=1e-5, atol=0)
     assert grads.keys() == grads_cl.keys() and len(stats) > 0
