@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tyro
 
-from detlite import errors, evaluate
+from detlite import errors, evaluate, host_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,4 +25,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory()  # a process-wide choice: the program's, not the library's
     raise SystemExit(main())

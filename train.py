@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tyro
 
-from detlite import errors, resume
+from detlite import errors, host_memory, resume
 from detlite.train_config import RECIPES, TrainConfig
 from detlite.trainer import train
 
@@ -59,4 +59,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory()  # a process-wide choice: the program's, not the library's
     raise SystemExit(main())

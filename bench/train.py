@@ -19,8 +19,9 @@ implementation once in turn (this host's speed drifts); compilation is excluded.
 implementation alone in a fresh process (its VmHWM after 3 steps, compilation included), unless
 --no-rss.
 
-The scaling table times effdet and detlite eager (one compile per shape would cost more minutes
-than the table; the goal table shows what compiling adds). Run on an idle machine.
+The scaling table times effdet and detlite eager, NCHW or (--scaling-implementation "detlite eager,
+channels_last") NHWC; one compile per shape would cost more minutes than the table, and the goal
+table shows what compiling adds. Run on an idle machine.
 """
 
 from __future__ import annotations
@@ -203,15 +204,16 @@ def print_goal_table(args) -> None:
 
 def print_scaling_table(args) -> None:
     preset = PRESETS.get(args.scaling_model, args.scaling_model)
-    print(f"{preset}, training step, eager\n")
+    ours_impl = args.scaling_implementation
+    print(f"{preset}, training step, {ours_impl}\n")
     print("| size | batch | effdet img/s | detlite img/s | × effdet |")
     print("|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         for batch in args.batches:
-            impls = ("effdet", "detlite eager")
+            impls = ("effdet", ours_impl)
             steps = {impl: make_step(impl, preset, size, batch, args) for impl in impls}
             medians = interleaved_medians(steps, 2, args.repeats)
-            effdet, ours = medians["effdet"], medians["detlite eager"]
+            effdet, ours = medians["effdet"], medians[ours_impl]
             print(
                 f"| {size} | {batch} | {batch / effdet:.2f} | {batch / ours:.2f} | "
                 f"{effdet / ours:.2f} |",
@@ -246,6 +248,12 @@ def main() -> None:
     p.add_argument("--configs", default="d0@512:2,lite0@256:8", help="model@size:batch, ...")
     p.add_argument("--scaling", action="store_true", help="print the scaling table instead")
     p.add_argument("--scaling-model", default="d0")
+    p.add_argument(
+        "--scaling-implementation",
+        default="detlite eager",
+        choices=[impl for impl in IMPLEMENTATIONS if impl.startswith("detlite eager")],
+        help="the detlite row of the scaling table",
+    )
     p.add_argument("--sizes", default="256,512,768", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--batches", default="1,2,4,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--repeats", type=int, default=5)

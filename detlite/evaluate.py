@@ -190,6 +190,7 @@ class EvalSplit:
         """(metrics, COCO results, per-class AP rows) of `params` on this split;
         `progress(batches done, total)` after each batch."""
         predict = batch_predictor(predictor, params)
+        host_memory.return_free_memory()  # a training run's free blocks, before this peak
         return evaluate(
             predict, self.loader, self.coco, self.category_map, self.device, stop, progress
         )
@@ -199,8 +200,6 @@ def run(cfg: EvalConfig) -> dict:
     """eval.py: evaluate a checkpoint on a split, or predict on a folder (`--predict`)."""
     validate.check_eval_config(cfg)
     world = distributed.setup(cfg.device)
-    if world.device.type == "cpu":
-        host_memory.keep_freed_memory()
     try:
         # Every rank takes rank 0's choice: a folder made by one rank must not shift the others'.
         chosen = distributed.all_gather_objects(output_dir(cfg))[0]

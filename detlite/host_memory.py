@@ -9,25 +9,22 @@ return to glibc's heap and the next step reuses them. The price: the heap keeps 
 high-water mark, partly fragmented (the peak resident set of a training benchmark rose 8-10 %),
 so the free part is handed back before each evaluation (`return_free_memory`).
 
-Only where it can apply: Linux with glibc. The person's own malloc settings win: when any
-`MALLOC_*_` variable or `GLIBC_TUNABLES` is set, or `DETLITE_KEEP_FREED_MEMORY=0`, nothing
-changes.
+train.py and eval.py turn it on as they start (a process-wide choice belongs to the program,
+not to a library call). Only where it can apply: Linux with glibc. The person's own choices
+win: nothing changes when a `MALLOC_*` variable or a `glibc.malloc.*` tunable is set, when
+another allocator is preloaded (jemalloc, tcmalloc, mimalloc), or with
+`DETLITE_KEEP_FREED_MEMORY=0`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
 OPT_OUT = "DETLITE_KEEP_FREED_MEMORY"
-_OWN_SETTINGS = (
-    "MALLOC_MMAP_MAX_",
-    "MALLOC_MMAP_THRESHOLD_",
-    "MALLOC_TRIM_THRESHOLD_",
-    "MALLOC_TOP_PAD_",
-    "GLIBC_TUNABLES",
-)
+_PRELOADED_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 # mallopt parameter numbers, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -43,38 +40,44 @@ def keep_freed_memory() -> bool:
     global _applied
     if _applied:
         return True
-    if not _allowed(os.environ):
+    libc = glibc()
+    if libc is None or not _allowed(os.environ):
         return False
-    mallopt = _glibc_mallopt()
-    if mallopt is None:
-        return False
-    _applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    _applied = (
+        libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    )
     return _applied
 
 
 def return_free_memory() -> None:
     """Give the kernel back what the heap holds free (`malloc_trim`), where the setting above is
-    in effect: between training and an evaluation, so that the evaluation's peak does not stack
-    on the training steps' free blocks."""
+    in effect: before an evaluation, so that its peak does not stack on a training run's free
+    blocks."""
     if _applied:
-        ctypes.CDLL(None).malloc_trim(0)
+        glibc().malloc_trim(0)
 
 
 def _allowed(environ) -> bool:
     if environ.get(OPT_OUT, "1") == "0":
         return False
-    return sys.platform.startswith("linux") and not any(k in environ for k in _OWN_SETTINGS)
+    own = any(k.startswith("MALLOC_") for k in environ)
+    own |= "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+    own |= any(name in environ.get("LD_PRELOAD", "") for name in _PRELOADED_ALLOCATORS)
+    return sys.platform.startswith("linux") and not own
 
 
-def _glibc_mallopt():
-    """glibc's `mallopt`, or None where the C library is another one (musl, macOS)."""
+@functools.cache
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library with `mallopt` and `malloc_trim` typed, or None where it is not
+    glibc (musl's mallopt is a stub; macOS has neither)."""
     try:
         libc = ctypes.CDLL(None)
     except OSError:
         return None
-    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only; musl's mallopt is a stub
+    if not hasattr(libc, "gnu_get_libc_version"):
         return None
-    mallopt = libc.mallopt
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return mallopt
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    libc.mallopt.restype = ctypes.c_int
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc

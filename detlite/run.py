@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import checkpoint, distributed, host_memory, model, run_outputs, rundir
+from . import checkpoint, distributed, model, run_outputs, rundir
 from .checkpoint import Checkpointer, TrainingState, TrainingTensors
 from .config import ModelConfig
 from .dashboard import Dashboard
@@ -147,7 +147,6 @@ class Run:
         assert self.val is not None, "no val split to evaluate on"
         weights = self.ema if self.ema is not None else self.params
         progress = self.dash.evaluating
-        host_memory.return_free_memory()  # the steps' free blocks; see detlite/host_memory.py
         metrics, results, per_class = self.val.evaluate(
             self.predictor, weights, self.stop, progress
         )
@@ -293,8 +292,6 @@ def _deprecation_notes(cfg: TrainConfig) -> list[str]:
 
 def _configure_torch(cfg: TrainConfig, world: distributed.World) -> None:
     torch.manual_seed(cfg.seed + world.rank)
-    if world.device.type == "cpu":  # activations live in host memory: reuse it step to step
-        host_memory.keep_freed_memory()
     if world.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision.tf32
         torch.backends.cudnn.allow_tf32 = cfg.precision.tf32

@@ -52,7 +52,9 @@ def _step_results(small, options: StepOptions):
 
 def test_in_place_activations_change_nothing(small, monkeypatch):
     """ReLU6 overwrites BatchNorm outputs in place (less memory and allocation per step): the
-    loss, every gradient and every statistic equal those of out-of-place activations, exactly."""
+    loss, every gradient and every statistic equal those of out-of-place activations, exactly.
+    (Local batch statistics here; the sync and frozen BatchNorm paths return fresh outputs too,
+    and none of the three needs its output in backward.)"""
     from detlite import backbone, head, layers
 
     in_place = _step_results(small, StepOptions(channels_last=True))
