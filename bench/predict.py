@@ -13,7 +13,8 @@ both). Times are medians over --repeats calls after --warmup calls (compilation 
 excluded), taken in rounds that call every implementation once in turn; the ratio is effdet's
 time over the row's. Run on an idle machine. Before timing, each batch's detections are checked
 against the unoptimised path (one `Tensor.topk` per image instead of the top-k in parts),
-printed on stderr.
+printed on stderr. Every row runs with freed host memory kept for reuse (detlite.host_memory,
+as eval.py runs); --release-freed-memory times all under glibc's default.
 """
 
 from __future__ import annotations

@@ -11,13 +11,15 @@ loss) with backward, clipping and SGD. Synthetic images with 12 boxes each, rand
 
 The goal table times, per config, effdet (eager), detlite eager on the Python reference kernels of
 its ops (the unoptimised path; the override is for CPU tensors, so on CUDA that row runs the CUDA
-kernels like the next), detlite eager (C++ CPU kernels where loaded) and detlite compiled.
+kernels like the next), detlite eager (C++ CPU kernels where loaded) and detlite compiled, and
+the last two again in channels_last (--implementations picks rows).
 The first 5 steps of every detlite row start from the same weights, batch and seed; their losses
 are compared with the unoptimised path's (relative difference at step 1 and the largest of the 5).
 Times are medians over --repeats steps after those 5, taken in rounds that call every
 implementation once in turn (this host's speed drifts); compilation is excluded. Peak RSS: each
 implementation alone in a fresh process (its VmHWM after 3 steps, compilation included), unless
---no-rss.
+--no-rss. Every row, and every RSS child, runs with freed host memory kept for reuse
+(detlite.host_memory, as train.py runs); --release-freed-memory times all under glibc's default.
 
 The scaling table times effdet and detlite eager, NCHW or (--scaling-implementation "detlite eager,
 channels_last") NHWC; one compile per shape would cost more minutes than the table, and the goal
