@@ -17,13 +17,14 @@ import tyro
 from detlite import errors, evaluate, host_memory
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, as_program: bool = False) -> int:
     def run(args: list[str]) -> None:
+        if as_program:  # a process-wide choice: the program's, not a library call's
+            host_memory.keep_freed_memory()
         evaluate.run(tyro.cli(evaluate.EvalConfig, args=args, description=__doc__))
 
     return errors.command(run, argv)
 
 
 if __name__ == "__main__":
-    host_memory.keep_freed_memory()  # a process-wide choice: the program's, not the library's
-    raise SystemExit(main())
+    raise SystemExit(main(as_program=True))

@@ -54,10 +54,14 @@ def _default_recipe_help(argv: list[str]) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    return errors.command(lambda args: train(parse(args)), argv)
+def main(argv: list[str] | None = None, *, as_program: bool = False) -> int:
+    def run(args: list[str]) -> None:
+        if as_program:  # a process-wide choice: the program's, not a library call's
+            host_memory.keep_freed_memory()
+        train(parse(args))
+
+    return errors.command(run, argv)
 
 
 if __name__ == "__main__":
-    host_memory.keep_freed_memory()  # a process-wide choice: the program's, not the library's
-    raise SystemExit(main())
+    raise SystemExit(main(as_program=True))

@@ -23,6 +23,8 @@ import functools
 import os
 import sys
 
+from .errors import ConfigError
+
 OPT_OUT = "DETLITE_KEEP_FREED_MEMORY"
 _PRELOADED_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 # mallopt parameter numbers, from glibc's <malloc.h>.
@@ -36,7 +38,8 @@ _applied = False
 
 def keep_freed_memory() -> bool:
     """Turn off glibc's mmap for large blocks and its heap trimming, once per process.
-    True when the setting is in effect (now or from an earlier call)."""
+    True when the setting is in effect (now or from an earlier call). ConfigError when
+    DETLITE_KEEP_FREED_MEMORY is neither 0 nor 1."""
     global _applied
     if _applied:
         return True
@@ -58,7 +61,13 @@ def return_free_memory() -> None:
 
 
 def _allowed(environ) -> bool:
-    if environ.get(OPT_OUT, "1") == "0":
+    choice = environ.get(OPT_OUT, "1")
+    if choice not in ("0", "1"):
+        raise ConfigError(
+            f"{OPT_OUT}={choice!r}: use 1 (keep freed host memory for reuse, the default) or 0 "
+            "(leave glibc's malloc as it is)"
+        )
+    if choice == "0":
         return False
     own = any(k.startswith("MALLOC_") for k in environ)
     own |= "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")

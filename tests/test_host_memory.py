@@ -95,5 +95,24 @@ def test_allowed_only_on_linux_without_own_settings(monkeypatch):
     assert not host_memory._allowed({host_memory.OPT_OUT: "0"})
     assert not host_memory._allowed({"MALLOC_ARENA_MAX": "2"})
     assert not host_memory._allowed({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"})
+    with pytest.raises(host_memory.ConfigError, match=host_memory.OPT_OUT):
+        host_memory._allowed({host_memory.OPT_OUT: "off"})
     monkeypatch.setattr(sys, "platform", "darwin")
     assert not host_memory._allowed({})
+
+
+@pytest.mark.parametrize("program", ["train.py", "eval.py"])
+def test_a_wrong_opt_out_value_is_one_line(program):
+    """DETLITE_KEEP_FREED_MEMORY=yes is neither accepted silently nor a traceback."""
+    done = subprocess.run(
+        [sys.executable, program, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, host_memory.OPT_OUT: "yes"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: DETLITE_KEEP_FREED_MEMORY='yes': use 1 (keep freed host memory for reuse, the "
+        "default) or 0 (leave glibc's malloc as it is)"
+    ]
