@@ -6,6 +6,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+from detlite import host_memory
+
 
 def interleaved_medians(runners: dict[str, Callable[[], object]], warmup: int, repeats: int):
     """Median seconds per runner, timed in rounds that call every runner once in turn, so that
@@ -33,8 +35,6 @@ def add_host_memory_flag(parser) -> None:
 
 def apply_host_memory_flag(args) -> str:
     """Apply the flag to this whole process (every row); returns the header's words for it."""
-    from detlite import host_memory
-
     if not args.release_freed_memory and host_memory.keep_freed_memory():
         return "freed host memory kept for reuse (detlite.host_memory)"
     return "glibc's default malloc"
