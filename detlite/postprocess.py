@@ -25,51 +25,35 @@ def _top_candidates(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Top (anchor, class) pairs per image: clipped xyxy boxes [B, K, 4], float32 logits and
     classes [B, K], in descending logit order."""
-    batch, num_anchors, num_classes = cls_flat.shape
+    _, num_anchors, num_classes = cls_flat.shape
     k = min(cfg.postprocess.max_detection_points, num_anchors * num_classes)
-    logits, flat_index = top_k(cls_flat.reshape(batch, -1), k)
-    anchor_index = flat_index // num_classes
-    classes = flat_index % num_classes
+    logits, anchor_index, classes = top_k(cls_flat, k)
 
     codes = box_flat.gather(1, anchor_index.unsqueeze(-1).expand(-1, -1, 4)).float()
     boxes = _clip_to_input(decode(codes, anchors.float()[anchor_index]), cfg)
     return boxes, logits.float(), classes
 
 
-_ROW_ELEMENTS = 1_000_000
-"""About how many scores one partial top-k reads. Measured on a 2-core CPU (docs/performance.md):
-one top-k over an image's 4.4 M scores (D0 at 512, 90 classes) takes 53 ms, in 4 parts 15 ms;
-Lite0 at 320 (1.7 M) 11 ms against 7 in 2 parts; at batch 8 the parts break even or gain."""
+def top_k(cls_flat: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k largest (anchor, class) logits of each image of `cls_flat` [B, A, C], descending:
+    (logits, anchor indices, classes), each [B, k] — `cls_flat.reshape(B, -1).topk(k)`, read
+    from the k anchors whose best class scores highest instead of from all A·C logits.
 
-
-def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """`values.topk(k, dim=1)` of [B, N] (descending), computed as the top k of each of R
-    equal parts of a row, then the top k of those R·k: the same values (every one of the k
-    largest is among the k largest of its part), several times faster on a CPU for N of
-    millions (on other devices: one `Tensor.topk`). Only the order among exactly equal values
-    may differ from `Tensor.topk`, whose order of ties is unspecified too."""
-    batch, n = values.shape
-    # Parts only where they were measured to pay: on the CPU (on a GPU, one top-k already runs
-    # in parallel). A symbolic size (a graph compiled for dynamic shapes) keeps the plain
-    # top-k too: choosing the parts would guard on, or loop over, the symbol.
-    splittable = values.device.type == "cpu" and isinstance(n, int)
-    parts = _parts(n, k) if splittable else 1
-    if parts == 1:
-        return values.topk(k, dim=1)
-    width = n // parts
-    part_values, part_index = values.reshape(-1, width).topk(k, dim=1, sorted=False)
-    offsets = torch.arange(0, n, width, device=values.device).repeat(batch).unsqueeze(1)
-    part_values = part_values.reshape(batch, parts * k)
-    part_index = (part_index + offsets).reshape(batch, parts * k)
-    top_values, chosen = part_values.topk(k, dim=1)
-    return top_values, part_index.gather(1, chosen)
-
-
-def _parts(n: int, k: int) -> int:
-    """The divisor of `n` nearest n / _ROW_ELEMENTS whose parts still hold k values."""
-    target = max(1, round(n / _ROW_ELEMENTS))
-    divisors = [d for d in range(1, 2 * target + 1) if n % d == 0 and n // d >= k]
-    return min(divisors, key=lambda d: abs(d - target), default=1)
+    The same values: those k anchors hold at least k logits >= t, the k-th largest best-class
+    logit, so the k-th largest logit of the image is >= t too, and every logit above t has an
+    anchor whose best class is above t, which is one of the k. Only the order among exactly
+    equal values may differ from `Tensor.topk`, whose order of ties is unspecified too. One
+    pass over the logits (their maximum per anchor) replaces a top-k over millions of them
+    (D0 at 512 px, 90 classes: 4.4 M), which costs several times more on a CPU
+    (docs/performance.md)."""
+    batch, num_anchors, num_classes = cls_flat.shape
+    if num_anchors <= k:  # every anchor would be kept: nothing to pre-select
+        values, flat_index = cls_flat.reshape(batch, -1).topk(k, dim=1)
+        return values, flat_index // num_classes, flat_index % num_classes
+    _, best_anchors = cls_flat.amax(dim=2).topk(k, dim=1, sorted=False)
+    rows = cls_flat.gather(1, best_anchors.unsqueeze(-1).expand(-1, -1, num_classes))
+    values, within = rows.reshape(batch, -1).topk(k, dim=1)
+    return values, best_anchors.gather(1, within // num_classes), within % num_classes
 
 
 def _clip_to_input(boxes: Tensor, cfg: ModelConfig) -> Tensor:

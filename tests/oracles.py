@@ -5,6 +5,8 @@
 - `torchvision_nms`: class-aware NMS with torchvision's `nms` per image, in the calling
   convention of `detlite.postprocess._nms`, so post-processing can run through it instead of
   `detlite::batched_nms` (`with_torchvision_nms`).
+- `plain_top_k`: `detlite.postprocess.top_k` as one `Tensor.topk` over every (anchor, class)
+  logit of an image, the unoptimised path prediction is checked against.
 - `torchvision_overlaps`, `per_box_crowd_coverage`: target assignment's IoU and crowd coverage
   as detlite computed them before 2026-12-04 (torchvision's `box_iou`; a division per box), so
   `detlite.targets.assign` can run through them (`with_torchvision_overlaps`).
@@ -92,6 +94,13 @@ def with_torchvision_nms():
         yield
     finally:
         postprocess_module._nms = saved
+
+
+def plain_top_k(cls_flat: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k largest logits of [B, A, C] per image, with their anchors and classes, [B, k] each."""
+    batch, _, num_classes = cls_flat.shape
+    values, flat_index = cls_flat.reshape(batch, -1).topk(k, dim=1)
+    return values, flat_index // num_classes, flat_index % num_classes
 
 
 def torchvision_overlaps(gt_boxes: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:

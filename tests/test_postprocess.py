@@ -8,11 +8,12 @@ import dataclasses
 import pytest
 import torch
 from effdet_ref import effdet_anchors, random_head_outputs
+from oracles import plain_top_k
 
 from detlite import config
 from detlite.anchors import generate_anchors
 from detlite.config import ModelConfig
-from detlite.postprocess import _parts, postprocess, top_k
+from detlite.postprocess import postprocess, top_k
 
 
 def _effdet_detections(cls_maps, box_maps, cfg: ModelConfig, image_scales: torch.Tensor):
@@ -119,31 +120,39 @@ def test_compiled_fullgraph_equals_eager(backend):
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
-def test_top_k_in_parts_equals_topk(batch, ties):
-    """The top-k in parts (several per image for millions of scores) gives torch.topk's values,
-    in order, and indices that hold them, each once."""
-    n, k = 49104 * 90, 5000  # D0 at 512 px, 90 classes
+def test_top_k_equals_topk(batch, ties):
+    """The top-k read from the best anchors gives torch.topk's values over all A·C logits, in
+    order, with (anchor, class) pairs that hold them, each once."""
+    anchors, classes, k = 49104, 90, 5000  # D0 at 512 px
     gen = torch.Generator().manual_seed(batch)
-    values = torch.randn(batch, n, generator=gen)
+    logits = torch.randn(batch, anchors, classes, generator=gen)
     if ties:  # few distinct values: many exact ties, also across the cut at k
-        values = (values * 4).round()
-    assert _parts(n, k) > 1 and _parts(1000, 100) == 1
-    got_values, got_index = top_k(values, k)
-    want_values, _ = values.topk(k, dim=1)
-    assert torch.equal(got_values, want_values)
-    assert torch.equal(values.gather(1, got_index), got_values)
-    assert all(row.unique().numel() == k for row in got_index)
+        logits = (logits * 4).round()
+    values, anchor_index, class_index = top_k(logits, k)
+    want_values, _, _ = plain_top_k(logits, k)
+    assert torch.equal(values, want_values)
+    held = logits[torch.arange(batch).unsqueeze(1), anchor_index, class_index]
+    assert torch.equal(held, values)
+    pairs = anchor_index * classes + class_index
+    assert all(row.unique().numel() == k for row in pairs)
+
+
+def test_top_k_of_few_anchors_is_plain_topk():
+    """With no more anchors than candidates (small inputs) every anchor is read."""
+    logits = torch.randn(2, 300, 90, generator=torch.Generator().manual_seed(0))
+    for got, want in zip(top_k(logits, 5000), plain_top_k(logits, 5000), strict=True):
+        assert torch.equal(got, want)
 
 
 def test_top_k_exports_with_a_dynamic_batch():
     class TopK(torch.nn.Module):
-        def forward(self, values):
-            return top_k(values, 5000)
+        def forward(self, logits):
+            return top_k(logits, 5000)
 
-    values = torch.randn(2, 49104 * 90)
+    logits = torch.randn(2, 49104, 90)
     batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.export.export(TopK(), (values,), dynamic_shapes=({0: batch},))
-    other = torch.randn(3, 49104 * 90)
-    got_values, got_index = program.module()(other)
-    assert torch.equal(got_values, other.topk(5000, dim=1).values)
-    assert torch.equal(other.gather(1, got_index), got_values)
+    program = torch.export.export(TopK(), (logits,), dynamic_shapes=({0: batch},))
+    other = torch.randn(3, 49104, 90)
+    values, anchor_index, class_index = program.module()(other)
+    assert torch.equal(values, plain_top_k(other, 5000)[0])
+    assert torch.equal(other[torch.arange(3).unsqueeze(1), anchor_index, class_index], values)
