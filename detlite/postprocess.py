@@ -44,7 +44,7 @@ def top_k(cls_flat: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     anchor whose best class is above t, which is one of the k. Only the order among exactly
     equal values may differ from `Tensor.topk`, whose order of ties is unspecified too. One
     pass over the logits (their maximum per anchor) replaces a top-k over millions of them
-    (D0 at 512 px, 90 classes: 4.4 M), which costs several times more on a CPU
+    (D0 at 512 px, 90 classes: 4.4 M), which costs up to 2.4x more on a CPU
     (docs/performance.md)."""
     batch, num_anchors, num_classes = cls_flat.shape
     if num_anchors <= k:  # every anchor would be kept: nothing to pre-select

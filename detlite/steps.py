@@ -209,8 +209,8 @@ class TrainingLoss:
 
 class Predictor:
     """`predict(params, images, image_scales=None) -> (detections, counts)` without gradients,
-    compiled per `options`: one static graph per batch shape, since a symbolic batch compiles
-    slower and runs slower (top-k in parts needs static sizes), and a run sees few shapes."""
+    compiled per `options`: one static graph per batch shape, since a symbolic batch compiled
+    slower and ran slower when measured (docs/performance.md), and a run sees few shapes."""
 
     def __init__(self, cfg: ModelConfig, options: StepOptions = EAGER, device: str = "cpu") -> None:
         self.cfg = cfg

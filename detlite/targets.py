@@ -50,8 +50,10 @@ def overlaps(gt_boxes: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
 
     torchvision's `box_iou` pairs the boxes up as [B, M, A, 2] tensors, whose last axis of 2
     keeps its element-wise ops from vectorising; here each coordinate is one [A]-long row of the
-    (transposed) anchors, so every op runs along A: 3-5x faster on the CPU, and the same
-    operations in the same order as `box_iou`, so the same bits (tests/test_targets_loss.py).
+    (transposed) anchors, so every op runs along A: about 3x faster on the CPU, and the same
+    operations in the same order as `box_iou`, so the same bits in float32 and float64
+    (tests/test_targets_loss.py; in half precision torchvision upcasts, but `assign` works in
+    the anchors' float32).
     """
     ax1, ay1, ax2, ay2 = anchors.T.contiguous()
     x1, y1, x2, y2 = gt_boxes.unsqueeze(-1).unbind(dim=2)  # each [B, M, 1]
@@ -68,7 +70,8 @@ def _crowd_coverage(inter: Tensor, anchors: Tensor, crowd: Tensor) -> Tensor:
     Computed from the intersection itself, not recovered from the IoU: grid-aligned crowd boxes
     often cover anchors exactly at the threshold, where any rounding would flip the decision.
     The largest intersection is divided once: rounding a quotient never reverses an order, so
-    this is the largest of the per-box fractions, bit for bit, without a [B, M, A] division.
+    this is the largest of the per-box fractions, bit for bit (anchors have positive area),
+    without a [B, M, A] division.
     """
     return torch.where(crowd.unsqueeze(-1), inter, 0.0).amax(dim=1) / box_area(anchors)
 
