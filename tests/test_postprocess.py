@@ -137,6 +137,18 @@ def test_top_k_equals_topk(batch, ties):
     assert all(row.unique().numel() == k for row in pairs)
 
 
+def test_top_k_ranks_nan_logits_as_topk_does():
+    """A NaN logit (a diverged network) ranks first in `Tensor.topk`; it must here too, or the
+    detections of such a network would differ from the unoptimised path."""
+    logits = torch.randn(2, 20000, 90, generator=torch.Generator().manual_seed(3))
+    logits[0, 17, 4] = logits[1, 19999, 0] = float("nan")
+    values, anchor_index, class_index = top_k(logits, 5000)
+    want_values = plain_top_k(logits, 5000)[0]
+    torch.testing.assert_close(values, want_values, rtol=0, atol=0, equal_nan=True)
+    assert values[:, 0].isnan().all()
+    assert anchor_index[:, 0].tolist() == [17, 19999] and class_index[:, 0].tolist() == [4, 0]
+
+
 def test_top_k_of_few_anchors_is_plain_topk():
     """With no more anchors than candidates (small inputs) every anchor is read."""
     logits = torch.randn(2, 300, 90, generator=torch.Generator().manual_seed(0))
