@@ -113,7 +113,7 @@ def forward(
                 _resample(params, f"{prefix}.inputs.{k}", x[k], out_size, cfg, mode)
                 for k in node.inputs
             ]
-            y = activation(_combine(params, prefix, inputs, cfg), cfg.act)
+            y = activation(_combine(params, prefix, inputs, cfg), cfg.act, fresh=True)
             x.append(_separable_conv_bn(params, prefix, y, cfg, mode))
         levels = x[-cfg.num_levels :]
     return levels

@@ -88,16 +88,43 @@ def batch_norm(
     return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
+class _ReLU6InPlace(torch.autograd.Function):
+    """ReLU6 that overwrites its input and keeps only its output for the backward pass.
+
+    PyTorch's in-place `relu6_` (`hardtanh_`) differentiates through its input, so autograd
+    first copies that input and keeps the copy: in place it saves nothing. From the output the
+    same gradient follows exactly: y <= 0 iff x <= 0, y >= 6 iff x >= 6, and y is NaN where x is,
+    so PyTorch's own backward kernel, given y in place of x, gives the same gradient bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        F.relu6(x, inplace=True)  # no copy: autograd is off inside forward
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
+
+
 def activation(x: Tensor, name: str, *, fresh: bool = False) -> Tensor:
-    """`name` applied to `x`. `fresh=True` says nothing else reads `x` (a BatchNorm output):
-    ReLU6 and ReLU then overwrite it, which saves an allocation and a saved activation per layer
-    (their backward needs only the output); SiLU's backward needs its input, so it never does."""
+    """`name` applied to `x`. `fresh=True` says nothing else reads `x` (a BatchNorm output or a
+    BiFPN fusion): ReLU6 and ReLU then overwrite it and keep only their output for the backward
+    pass, which the next convolution keeps anyway, so a layer saves one activation fewer.
+    SiLU's backward needs its input, so it never does. Compiled graphs take the plain ops:
+    Inductor plans their memory itself."""
+    in_place = fresh and not torch.compiler.is_compiling()
     if name == "swish":
         return F.silu(x)
     if name == "relu6":
-        return F.relu6(x, inplace=fresh)
+        if in_place and torch.is_grad_enabled():  # without autograd, relu6_ copies nothing
+            return _ReLU6InPlace.apply(x)
+        return F.relu6(x, inplace=in_place)
     if name == "relu":
-        return F.relu(x, inplace=fresh)
+        return F.relu(x, inplace=in_place)
     raise ValueError(f"unknown activation {name!r}")
 
 

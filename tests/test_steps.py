@@ -3,6 +3,7 @@ compiled, against the model API composed by hand; runtime options change how, no
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import compact_lite0
 
 from detlite import anchors as anchors_lib
@@ -51,11 +52,11 @@ def _step_results(small, options: StepOptions):
 
 
 def test_in_place_activations_change_nothing(small, monkeypatch):
-    """ReLU6 overwrites BatchNorm outputs in place (less memory and allocation per step): the
-    loss, every gradient and every statistic equal those of out-of-place activations, exactly.
-    (Local batch statistics here; the sync and frozen BatchNorm paths return fresh outputs too,
-    and none of the three needs its output in backward.)"""
-    from detlite import backbone, head, layers
+    """ReLU6 overwrites BatchNorm outputs and BiFPN fusions in place (one saved activation
+    fewer per layer): the loss, every gradient and every statistic equal those of out-of-place
+    activations, exactly. (Local batch statistics here; the sync and frozen BatchNorm paths
+    return fresh outputs too, and none of the three needs its output in backward.)"""
+    from detlite import backbone, bifpn, head, layers
 
     in_place = _step_results(small, StepOptions(channels_last=True))
     calls = []
@@ -64,7 +65,7 @@ def test_in_place_activations_change_nothing(small, monkeypatch):
         calls.append(fresh)
         return layers.activation(x, name)
 
-    for module in (backbone, head):
+    for module in (backbone, bifpn, head):
         monkeypatch.setattr(module, "activation", out_of_place)
     copied = _step_results(small, StepOptions(channels_last=True))
     assert small[0].act == "relu6" and any(calls), "the in-place path was not the one replaced"
@@ -75,6 +76,39 @@ def test_in_place_activations_change_nothing(small, monkeypatch):
                 torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
         else:
             torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def _relu6_edge_values(channels_last: bool) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64) * 8
+    x.view(-1)[:6] = torch.tensor([0.0, 6.0, -0.0, float("nan"), 5.999999, 1e-300])
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu6_in_place_has_relu6_gradient_and_saves_only_its_output(channels_last):
+    """The in-place ReLU6 gives F.relu6's output and input gradient bit for bit (at the bounds
+    0 and 6, at NaN, in either memory format), and keeps for backward one
+    tensor: its output, which the next convolution keeps anyway (PyTorch's relu6_ keeps a copy
+    of its input)."""
+    from detlite import layers
+
+    x = _relu6_edge_values(channels_last)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    ref_in = x.clone().requires_grad_(True)
+    want = F.relu6(ref_in)
+    want.backward(grad)
+    leaf = x.clone().requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fresh = leaf * 1.0  # a non-leaf nothing else reads, as a BatchNorm output
+        got = layers.activation(fresh, "relu6", fresh=True)
+    got.backward(grad)
+    assert got.data_ptr() == fresh.data_ptr(), "not in place"
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(leaf.grad, ref_in.grad, rtol=0, atol=0, equal_nan=True)
+    relu6_saved = [t for t in saved if t.shape == x.shape and t.data_ptr() != leaf.data_ptr()]
+    assert [t.data_ptr() for t in relu6_saved] == [got.data_ptr()]
 
 
 def test_training_loss_is_the_model_api_composed(small):
