@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -76,11 +77,18 @@ def _resample(
 
 def _combine(params: Params, prefix: str, inputs: list[Tensor], cfg: ModelConfig) -> Tensor:
     if cfg.fpn_weighting == "sum":
-        return torch.stack(inputs, dim=-1).sum(dim=-1)
+        return _sum(inputs)
     # Fast normalised fusion: non-negative weights, normalised by their sum.
     w = F.relu(params[prefix + ".weights"].to(inputs[0].dtype))
     scale = w / (w.sum() + _ATTENTION_EPS)
-    return torch.stack([x * scale[i] for i, x in enumerate(inputs)], dim=-1).sum(dim=-1)
+    return _sum([x * scale[i] for i, x in enumerate(inputs)])
+
+
+def _sum(terms: list[Tensor]) -> Tensor:
+    """terms[0] + terms[1] + ..., in order: the same bits as stacking them and summing the new
+    axis, but in the terms' memory format (a stack of channels_last maps sums to an NCHW one,
+    which sent every later BiFPN and head convolution back to NCHW)."""
+    return functools.reduce(torch.add, terms)
 
 
 def _separable_conv_bn(
