@@ -1,5 +1,6 @@
-"""channels_last reaches every convolution: a layout lost on the way (as a stacked sum loses it)
-sends the layers after it back to NCHW without changing a number, so only a layout check shows it."""
+"""channels_last reaches every convolution: a layout lost on the way (as a stacked sum loses
+it) sends the layers after it back to NCHW without changing a number, so only a layout check
+shows it."""
 
 import dataclasses
 
