@@ -87,7 +87,8 @@ def _combine(params: Params, prefix: str, inputs: list[Tensor], cfg: ModelConfig
 def _sum(terms: list[Tensor]) -> Tensor:
     """terms[0] + terms[1] + ..., in order: the same bits as stacking them and summing the new
     axis, but in the terms' memory format (a stack of channels_last maps sums to an NCHW one,
-    which sent every later BiFPN and head convolution back to NCHW)."""
+    which sent every later BiFPN and head convolution back to NCHW). A node has two or three
+    inputs, so the sum is a new tensor, which the activation after it may overwrite."""
     return functools.reduce(torch.add, terms)
 
 
