@@ -53,11 +53,17 @@ def compact_lite0(num_classes: int = 3, image_size: int = 128):
     """Lite0's layers with one block per backbone stage, one BiFPN cell and one head repeat
     (249 tensors instead of 588): every kind of layer, in a graph that torch.compile builds in
     a fraction of the time, for the tests that compare compiled code with eager."""
+    return compact_preset("lite0", num_classes, image_size)
+
+
+def compact_preset(name: str, num_classes: int = 3, image_size: int = 128):
+    """Preset `name`'s layers, as compact as `compact_lite0` (e.g. "d0": SiLU and
+    fast-attention fusion)."""
     import dataclasses
 
     from detlite import config
 
-    cfg = config.preset("lite0", num_classes=num_classes, image_size=image_size)
+    cfg = config.preset(name, num_classes=num_classes, image_size=image_size)
     backbone = dataclasses.replace(cfg.backbone, depth=0.1)
     return dataclasses.replace(cfg, backbone=backbone, fpn_cells=1, head_repeats=1)
 

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compact_lite0
+from conftest import compact_lite0, compact_preset
 
-from detlite import bifpn, config, model
+from detlite import bifpn, model
 from detlite.steps import StepOptions, _network_input
 
 
@@ -41,18 +41,11 @@ def test_bifpn_fusion_is_the_stacked_sum_in_the_inputs_layout(weighting, count, 
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-def _compact_d0():
-    """D0's layers (SiLU, fast-attention fusion) in a graph as small as compact_lite0's."""
-    cfg = config.preset("d0", num_classes=3, image_size=128)
-    backbone = dataclasses.replace(cfg.backbone, depth=0.1)
-    return dataclasses.replace(cfg, backbone=backbone, fpn_cells=1, head_repeats=1)
-
-
 @pytest.mark.parametrize("preset", ["lite0", "d0"])
 def test_channels_last_reaches_every_convolution(preset, monkeypatch):
     """With `channels_last`, every convolution of the backbone, BiFPN and heads takes an NHWC
     input, and the head outputs come out NHWC (their flattening then copies nothing)."""
-    cfg = compact_lite0() if preset == "lite0" else _compact_d0()
+    cfg = compact_preset(preset)
     params = model.init(cfg, seed=0)
     images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
     layouts = []
